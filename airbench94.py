@@ -430,13 +430,13 @@ LOG_COLUMNS = ['run', 'epoch', 'train_loss', 'train_acc', 'val_acc', 'tta_val_ac
 
 def format_row(row):
     """One fixed-width table row from a dict keyed by LOG_COLUMNS (missing keys print blank)."""
-    cells = [('%.4f' % row[c] if isinstance(row.get(c), float) else str(row.get(c, ''))).rjust(len(c))
+    cells = [('%.4f' % row[c] if isinstance(row.get(c), float) else str(row.get(c, ''))).rjust(max(len(c), 6))
              for c in LOG_COLUMNS]
     return '| ' + ' | '.join(cells) + ' |'
 
 
 def format_header():
-    return format_row({c: c for c in LOG_COLUMNS}) + '\n|' + '|'.join('-' * (len(c) + 2) for c in LOG_COLUMNS) + '|'
+    return format_row({c: c for c in LOG_COLUMNS}) + '\n|' + '|'.join('-' * (max(len(c), 6) + 2) for c in LOG_COLUMNS) + '|'
 
 
 def student_t_quantile_975(df):
@@ -552,6 +552,10 @@ def lr_multiplier(step, total_steps, hyp):
     return (1 - frac) + opt['lr_end'] * frac
 
 
+def total_train_steps(train_loader, hyp):
+    return ceil(len(train_loader) * hyp['opt']['train_epochs'])  # the last epoch stops part-way
+
+
 def make_loss_fn(hyp):
     return nn.CrossEntropyLoss(label_smoothing=hyp['opt']['label_smoothing'], reduction='sum')
 
@@ -577,10 +581,10 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
         raise ValueError('%d training images are fewer than one batch of %d' % (len(train_loader.images), opt['batch_size']))
     device = train_loader.images.device
     torch.manual_seed(seed)
-    total_train_steps = ceil(len(train_loader) * opt['train_epochs'])
+    total_steps = total_train_steps(train_loader, hyp)
     net = make_net(hyp, device)
     optimizer = make_optimizer(net, hyp)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_train_steps, hyp))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, hyp))
     loss_fn = make_loss_fn(hyp)
     lookahead = LookaheadState(net)
     train_loader.epoch = 0  # a fresh alternating-flip pattern for every run
@@ -604,8 +608,8 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
             scheduler.step()
             step += 1
             if step % hyp['lookahead']['every_steps'] == 0:
-                lookahead.update(net, decay=lookahead_decay(step, total_train_steps, hyp))
-            if step == total_train_steps:
+                lookahead.update(net, decay=lookahead_decay(step, total_steps, hyp))
+            if step == total_steps:
                 lookahead.update(net, decay=1.0)  # params <- ema
                 break
         time_seconds += device_clock(device) - start

@@ -1,0 +1,134 @@
+"""Fixtures shared by the tests: the scripts, small data in the official format, a CLI runner."""
+import copy
+import functools
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cifar_files  # noqa: E402
+
+SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'airbench*.py')))
+
+# Edits to `hyp` that make a run take seconds on 2 CPU cores: same code, smaller numbers
+TINY_HYP = [['opt.batch_size', 128], ['opt.train_epochs', 2.5],
+            ['net.widths', {'block1': 16, 'block2': 32, 'block3': 32}], ['net.whiten_images', 256]]
+
+# Runs a script's main() in a fresh interpreter after applying `hyp` (and module constant) edits
+DRIVER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location('__airbench__', sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+edits, constants = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+for path, value in edits:
+    *parents, key = path.split('.')
+    target = module.hyp
+    for name in parents:
+        target = target[name]
+    target[key] = value
+for name, value in constants.items():
+    setattr(module, name, value)
+sys.exit(module.main(sys.argv[4:]))
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def edited_hyp(module, edits=TINY_HYP):
+    hyp = copy.deepcopy(module.hyp)
+    for path, value in edits:
+        *parents, key = path.split('.')
+        target = hyp
+        for name in parents:
+            target = target[name]
+        target[key] = value
+    return hyp
+
+
+def cli_command(script, args, hyp_edits=(), constants=None, python_flags=()):
+    """The command line that runs `script`'s CLI, through the driver when something is edited."""
+    if not hyp_edits and not constants:
+        return [sys.executable, *python_flags, os.path.join(ROOT, script), *args]
+    return [sys.executable, *python_flags, '-c', DRIVER, os.path.join(ROOT, script), json.dumps(list(hyp_edits)),
+            json.dumps(constants or {}), *args]
+
+
+def run_cli(script, args, cwd, hyp_edits=TINY_HYP, constants=None, timeout=600):
+    return subprocess.run(cli_command(script, args, hyp_edits, constants), cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(params=SCRIPTS)
+def script(request):
+    return request.param
+
+
+@pytest.fixture
+def module(script):
+    return load_script(script)
+
+
+@pytest.fixture(scope='session')
+def cifar_source(tmp_path_factory):
+    """A read-only master copy of small learnable data in the official folder format."""
+    data_dir = tmp_path_factory.mktemp('cifar_source')
+    cifar_files.write_batches(str(data_dir))
+    return str(data_dir)
+
+
+@pytest.fixture
+def cifar_dir(cifar_source, tmp_path):
+    """A private copy of the small dataset (folder format, no cache yet) that a test may damage."""
+    data_dir = tmp_path / 'cifar10'
+    shutil.copytree(cifar_source, data_dir, ignore=shutil.ignore_patterns('*.pt'))
+    return str(data_dir)
+
+
+@pytest.fixture
+def loaders(module, cifar_source):
+    """(train, test) loaders over the small dataset on the CPU, with hyp's batch size and aug."""
+    train = module.CifarLoader(cifar_source, train=True, batch_size=module.hyp['opt']['batch_size'],
+                               aug=module.hyp['aug'], device='cpu')
+    return train, module.CifarLoader(cifar_source, train=False, batch_size=500, device='cpu')
+
+
+def file_snapshot(folder):
+    """{relative path: bytes} of every file under folder, to show that nothing was lost or changed."""
+    snapshot = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            snapshot[os.path.relpath(path, folder)] = open(path, 'rb').read()
+    return snapshot
+
+
+# SPEC.md's figures for each script. Schedule values: (step, LR multiplier) at the first step, the
+# end of warm-up (peak) and the last step; warm-up is int(frac * total) steps, then linear decay.
+SPEC_FIGURES = {
+    'airbench94': dict(params=1972792, frozen=288 + 1152, mflops=236.29, steps=476, batchnorm_momentum=0.4,
+                       schedule=[(0, 0.2), (109, 1.0), (475, 0.0725)], lookahead_last=(475, 0.7689)),
+    'airbench95': dict(params=4606520, frozen=288 + 1792, mflops=603.12, steps=720, batchnorm_momentum=0.4,
+                       schedule=[(0, 0.2), (165, 1.0), (719, 1 - 0.93 * 554 / 555)], lookahead_last=(720, 0.7738)),
+    'airbench96': dict(params=9918776, frozen=288 + 3072, mflops=903.93, steps=1776, batchnorm_momentum=0.1,
+                       schedule=[(0, 0.2), (177, 1.0), (1775, 1 / 1599)], lookahead_last=(1775, 0.7725)),
+}
+SPEC_FIGURES['airbench94_compiled'] = SPEC_FIGURES['airbench94']
+
+
+@pytest.fixture
+def figures(script):
+    return SPEC_FIGURES[script[:-3]]

@@ -1,0 +1,89 @@
+"""The scripts are copies by design: shared code must stay identical, and hyp may differ only as intended."""
+import ast
+import os
+import re
+
+import pytest
+
+from conftest import ROOT, SCRIPTS, load_script
+
+# Top-level definitions that may differ from airbench94.py, and why
+INTENDED_CODE_DIFFERENCES = {
+    'airbench95.py': set(),
+    'airbench96.py': {'ConvGroup'},  # a third conv per block, residual over the last two
+}
+
+# hyp entries that differ from airbench94.py: (dotted path) -> value
+INTENDED_HYP_DIFFERENCES = {
+    'airbench95.py': {'opt.train_epochs': 15, 'opt.lr': 10.0,
+                      'net.widths': {'block1': 128, 'block2': 384, 'block3': 384}},
+    'airbench96.py': {'opt.train_epochs': 37, 'opt.lr': 9.0, 'opt.weight_decay': 0.012,
+                      'opt.lr_warmup_frac': 0.1, 'opt.lr_end': 0.0, 'aug.translate': 4, 'aug.cutout': 12,
+                      'net.widths': {'block1': 128, 'block2': 384, 'block3': 512}, 'net.batchnorm_momentum': 0.1},
+}
+
+SIBLINGS = [s for s in SCRIPTS if s != 'airbench94.py']
+
+
+def definitions(script):
+    """{name: source} of every top-level function, class and assignment of a script."""
+    source = open(os.path.join(ROOT, script)).read()
+    tree = ast.parse(source)
+    found = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            found[node.name] = ast.get_source_segment(source, node)
+        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            found[','.join(t.id for t in node.targets)] = ast.get_source_segment(source, node)
+    return found
+
+
+def flatten(d, prefix=''):
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key != 'widths':
+            out.update(flatten(value, prefix + key + '.'))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def banners(script):
+    return re.findall(r'^#\s+(\S.*?)\s+#$', open(os.path.join(ROOT, script)).read(), flags=re.M)
+
+
+@pytest.mark.parametrize('sibling', SIBLINGS)
+def test_shared_definitions_are_identical_to_airbench94(sibling):
+    reference, other = definitions('airbench94.py'), definitions(sibling)
+    intended = INTENDED_CODE_DIFFERENCES[sibling] | {'hyp'}
+    assert set(reference) == set(other), 'top-level names differ'
+    drifted = sorted(name for name in reference if name not in intended and reference[name] != other[name])
+    assert drifted == [], '%s drifted from airbench94.py in %s' % (sibling, drifted)
+    unused = sorted(name for name in intended - {'hyp'} if reference[name] == other[name])
+    assert unused == [], 'listed as different but identical: %s' % unused
+
+
+@pytest.mark.parametrize('sibling', SIBLINGS)
+def test_hyp_differs_from_airbench94_exactly_as_intended(sibling):
+    reference, other = flatten(load_script('airbench94.py').hyp), flatten(load_script(sibling).hyp)
+    assert set(reference) == set(other)
+    differences = {k: other[k] for k in reference if other[k] != reference[k]}
+    assert differences == INTENDED_HYP_DIFFERENCES[sibling]
+
+
+@pytest.mark.parametrize('sibling', SIBLINGS)
+def test_header_lists_every_intended_change(sibling):
+    header = load_script(sibling).__doc__
+    assert 'Changes relative to airbench94.py' in header
+    for path in INTENDED_HYP_DIFFERENCES[sibling]:
+        assert path.split('.')[-1] in header, '%s is not in the change list' % path
+
+
+@pytest.mark.parametrize('sibling', SIBLINGS)
+def test_section_banners_come_in_the_same_order(sibling):
+    assert banners(sibling) == banners('airbench94.py')
+
+
+def test_airbench94_has_the_house_sections():
+    assert banners('airbench94.py') == ['Imports', 'Hyperparameters', 'Dataset', 'Network', 'Whitening initialization',
+                                        'Lookahead', 'Logging', 'Evaluation', 'Training', 'Main']

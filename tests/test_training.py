@@ -1,0 +1,70 @@
+"""train() through the import API: learns, is reproducible, reports divergence, takes subsets."""
+import pytest
+import torch
+
+from conftest import edited_hyp
+
+
+@pytest.fixture
+def tiny_hyp(module):
+    return edited_hyp(module)
+
+
+def tiny_loaders(module, hyp, cifar_source):
+    train = module.CifarLoader(cifar_source, train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'], device='cpu')
+    return train, module.CifarLoader(cifar_source, train=False, batch_size=500, device='cpu')
+
+
+def test_train_learns_and_is_reproducible_from_its_seed(module, tiny_hyp, cifar_source):
+    train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
+    first = module.train(tiny_hyp, train_loader, test_loader, seed=3, verbose=False)
+    second = module.train(tiny_hyp, train_loader, test_loader, seed=3, verbose=False)
+    assert first['tta_val_acc'] > 0.5  # 10 classes: chance is 0.1
+    untimed = [[{k: v for k, v in row.items() if k != 'time_seconds'} for row in r['epochs']] for r in (first, second)]
+    assert first['tta_val_acc'] == second['tta_val_acc'] and untimed[0] == untimed[1]
+    for a, b in zip(first['net'].state_dict().values(), second['net'].state_dict().values()):
+        assert torch.equal(a, b)
+    assert len(first['epochs']) == 3 and first['time_seconds'] > 0  # ceil(2.5) epochs, the last cut short
+
+
+def test_whitening_bias_trains_only_for_its_epochs(module, tiny_hyp, cifar_source):
+    tiny_hyp['opt']['whiten_bias_epochs'] = 1
+    train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
+    seen = []  # the whitening bias at every training forward pass, i.e. every step
+
+    def record(layer, inputs, output):
+        if layer.training and isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (2, 2):
+            seen.append(layer.bias.detach().clone())
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        module.train(tiny_hyp, train_loader, test_loader, seed=0, verbose=False)
+    finally:
+        handle.remove()
+    steps_per_epoch = len(train_loader)
+    assert len(seen) == module.total_train_steps(train_loader, tiny_hyp)
+    assert not torch.equal(seen[0], seen[steps_per_epoch - 1])  # trained in epoch 1
+    # frozen after it (one lookahead reset may still land on it within its period)
+    settled = seen[steps_per_epoch + tiny_hyp['lookahead']['every_steps']:]
+    assert len(settled) > 5 and all(torch.equal(settled[0], b) for b in settled)
+
+
+def test_divergence_raises_with_a_message(module, tiny_hyp, cifar_source):
+    tiny_hyp['opt']['lr'] = 1e30
+    train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
+    with pytest.raises(module.TrainingDiverged, match='the training loss became (nan|inf)'):
+        module.train(tiny_hyp, train_loader, test_loader, seed=0, verbose=False)
+
+
+def test_replacing_images_and_labels_trains_on_the_subset(module, tiny_hyp, cifar_source):
+    train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
+    keep = train_loader.labels < 5  # a data-selection experiment: half the classes
+    train_loader.images, train_loader.labels = train_loader.images[keep], train_loader.labels[keep]
+    result = module.train(tiny_hyp, train_loader, test_loader, seed=0, verbose=False)
+    predicted = module.infer(result['net'], test_loader).argmax(1)
+    assert set(predicted.tolist()) <= set(range(5))
+
+
+def test_train_refuses_a_loader_that_disagrees_with_hyp(module, tiny_hyp, cifar_source):
+    train_loader, test_loader = tiny_loaders(module, module.hyp, cifar_source)
+    with pytest.raises(ValueError, match="batch_size'\\] and hyp\\['aug'\\]"):
+        module.train(tiny_hyp, train_loader, test_loader, verbose=False)
