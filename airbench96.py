@@ -34,6 +34,7 @@ import pickle
 import platform
 import random
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
@@ -567,6 +568,18 @@ def make_loss_fn(hyp):
     return nn.CrossEntropyLoss(label_smoothing=hyp['opt']['label_smoothing'], reduction='sum')
 
 
+def fresh_net(hyp, device):
+    """A newly initialized network, and the callable that runs it: here the network itself
+    (airbench94_compiled.py returns a compiled one)."""
+    net = make_net(hyp, device)
+    return net, net
+
+
+def compile_mode(device):
+    """The torch.compile mode used on `device`; None: this script runs eagerly."""
+    return None
+
+
 def device_clock(device):
     """Wall-clock seconds once all queued work on `device` is done (CUDA runs asynchronously)."""
     if device.type == 'cuda':
@@ -589,7 +602,7 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     device = train_loader.images.device
     torch.manual_seed(seed)
     total_steps = total_train_steps(train_loader, hyp)
-    net = make_net(hyp, device)
+    net, model = fresh_net(hyp, device)
     optimizer = make_optimizer(net, hyp)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, hyp))
     loss_fn = make_loss_fn(hyp)
@@ -605,9 +618,9 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     for epoch in range(ceil(opt['train_epochs'])):
         net.whiten.bias.requires_grad = epoch < opt['whiten_bias_epochs']
         start = device_clock(device)
-        net.train()
+        model.train()
         for inputs, labels in train_loader:
-            outputs = net(inputs)
+            outputs = model(inputs)
             loss = loss_fn(outputs, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -627,13 +640,13 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
             raise TrainingDiverged('the training loss became %s in epoch %d (step %d)' % (train_loss, epoch + 1, step))
         row = dict(run=run, epoch=epoch + 1, train_loss=train_loss, time_seconds=time_seconds,
                    train_acc=(outputs.detach().argmax(1) == labels).float().mean().item(),
-                   val_acc=evaluate(net, test_loader, tta_level=0))
+                   val_acc=evaluate(model, test_loader, tta_level=0))
         epochs.append(row)
         if verbose:
             print(format_row(row), flush=True)
 
     start = device_clock(device)
-    tta_val_acc = evaluate(net, test_loader, tta_level=hyp['net']['tta_level'])
+    tta_val_acc = evaluate(model, test_loader, tta_level=hyp['net']['tta_level'])
     time_seconds += device_clock(device) - start
     if verbose:
         print(format_row(dict(run=run, epoch='eval', tta_val_acc=tta_val_acc, time_seconds=time_seconds)), flush=True)
@@ -650,7 +663,8 @@ def parse_args(argv):
         return int(text)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="Hyperparameters live in the script's `hyp` dict: edit it there.")
+                                     epilog="Hyperparameters live in the script's `hyp` dict: edit it there. "
+                                            "Under torchrun, run i goes to rank i mod WORLD_SIZE (see README).")
     parser.add_argument('--runs', type=positive_int, default=25, help='timed training runs (default 25)')
     parser.add_argument('--data-dir', default='cifar10', help='where CIFAR-10 is or is downloaded to (default ./cifar10)')
     parser.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto',
@@ -663,7 +677,10 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is available (use --device cpu or auto)')
-    if not args.no_log:
+    if args.no_warmup and compile_mode(torch.device('cpu')) is not None:
+        parser.error('--no-warmup: this script compiles during its warm-up, which keeps compilation out of the '
+                     'timed runs; use airbench94.py to skip both')
+    if not args.no_log and int(os.environ.get('RANK', 0)) == 0:  # only rank 0 writes the log
         try:
             os.makedirs(args.log_dir, exist_ok=True)
             tempfile.TemporaryFile(dir=args.log_dir).close()
@@ -674,66 +691,148 @@ def parse_args(argv):
     return args
 
 
+DIST_TIMEOUT_SECONDS = 1800  # a rank that waits this long on the others gives up with an error
+
+
+def load_data(args, device, rank, local_rank, world_size):
+    """(train_loader, test_loader, error). Under torchrun the ranks take turns: global rank 0
+    prepares the data dir first, then each node's local rank 0 (for node-local data dirs),
+    then the rest only read, so no two processes write the same file."""
+    turn = 0 if rank == 0 else 1 if local_rank == 0 else 2
+    loaders, error = None, None
+    for this_turn in range(3 if world_size > 1 else 1):
+        if this_turn == turn:
+            try:
+                loaders = (CifarLoader(args.data_dir, train=True, batch_size=hyp['opt']['batch_size'],
+                                       aug=hyp['aug'], device=device),
+                           CifarLoader(args.data_dir, train=False, batch_size=2000, device=device))
+            except DataError as e:
+                error = str(e)
+        if world_size > 1:  # everyone learns of a failure, and stops
+            errors = [None] * world_size
+            torch.distributed.all_gather_object(errors, error)
+            error = next((e for e in errors if e), None)
+        if error:
+            return None, None, error
+    return loaders[0], loaders[1], None
+
+
 def main(argv=None):
     args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     prog = os.path.basename(__file__)
     with open(__file__) as f:
         source = f.read()  # now: the log must hold the code that ran, even if the file is edited meanwhile
-    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
-                          'cpu' if args.device == 'auto' else args.device)
-    if device.type == 'cpu':
-        print('note: CPU run in float32, for tests and laptops; timings mean nothing for GPUs'
-              + ('' if args.no_warmup else ' (the warm-up only warms cuDNN: --no-warmup saves a run)'))
+    # torchrun sets these; without it this is one process doing every run
+    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    use_cuda = args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available())
+    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+    if world_size > 1:
+        if use_cuda:
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group('nccl' if use_cuda else 'gloo',
+                                             timeout=datetime.timedelta(seconds=DIST_TIMEOUT_SECONDS))
+        seed = [args.seed]
+        torch.distributed.broadcast_object_list(seed, src=0)  # rank 0's base seed, drawn or given
+        args.seed = seed[0]
+    say = print if rank == 0 else (lambda *a, **k: None)  # other ranks print only problems
     try:
-        train_loader = CifarLoader(args.data_dir, train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'],
-                                   device=device)
-        test_loader = CifarLoader(args.data_dir, train=False, batch_size=2000, device=device)
-    except DataError as e:
-        print('%s: error: %s' % (prog, e), file=sys.stderr)
+        return run_all(args, prog, source, device, rank, local_rank, world_size, say)
+    except Exception as e:
+        if world_size == 1:
+            raise
+        print('%s: rank %d failed: %s: %s' % (prog, rank, type(e).__name__, e), file=sys.stderr)
+        return 1
+    finally:
+        if world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def run_all(args, prog, source, device, rank, local_rank, world_size, say):
+    if device.type == 'cpu':
+        say('note: CPU run in float32, for tests and laptops; timings mean nothing for GPUs'
+            + ('' if args.no_warmup or compile_mode(device) else ' (the warm-up only warms cuDNN: --no-warmup saves a run)'))
+    if compile_mode(device):
+        say("note: torch.compile(mode='%s') compiles during the warm-up run%s" % (
+            compile_mode(device), ' (max-autotune searches GPU kernels; the CPU uses the default mode)'
+            if device.type == 'cpu' else ''))
+    train_loader, test_loader, error = load_data(args, device, rank, local_rank, world_size)
+    if error:
+        if rank == 0:
+            print('%s: error: %s' % (prog, error), file=sys.stderr)
         return 1
     counts = {'train': len(train_loader.images), 'test': len(test_loader.images)}
     if len(train_loader) == 0:
-        print('%s: error: %d training images are fewer than one batch of %d'
-              % (prog, counts['train'], train_loader.batch_size), file=sys.stderr)
+        if rank == 0:
+            print('%s: error: %d training images are fewer than one batch of %d'
+                  % (prog, counts['train'], train_loader.batch_size), file=sys.stderr)
         return 1
-    print('data: %d train / %d test images from %s%s' % (
+    say('data: %d train / %d test images from %s%s' % (
         counts['train'], counts['test'], args.data_dir,
         '' if counts == CIFAR10_COUNTS else ' (not the full 50000 / 10000 of CIFAR-10)'))
-    print('runs: %d, run i uses seed %d+i, device %s' % (args.runs, args.seed, device))
-    print(format_header())
+    say('runs: %d, run i uses seed %d+i, device %s%s' % (
+        args.runs, args.seed, device, ', %d processes (run i on rank i mod %d)' % (world_size, world_size)
+        if world_size > 1 else ''))
+    say(format_header())
 
-    runs, interrupted = [], False
+    runs, interrupted, compiled = [], False, None
     try:
         if not args.no_warmup:
-            # Untimed run on random labels: warms cuDNN's algorithm choice; every run then starts afresh
+            # Untimed run on random labels: warms up cuDNN (and compiles, where the script
+            # compiles); every timed run then re-initializes everything from its own seed
             warmup_loader = copy.copy(train_loader)
             warmup_loader.labels = torch.randint_like(train_loader.labels, 10)
+            start = time.perf_counter()
             try:
-                train(hyp, warmup_loader, test_loader, seed=args.seed, run='warmup')
+                train(hyp, warmup_loader, test_loader, seed=args.seed, run='warmup', verbose=rank == 0)
             except TrainingDiverged:
                 pass  # random labels: only the warm-up itself matters
-        for i in range(args.runs):
+            say('warm-up: %.1f s, untimed%s' % (time.perf_counter() - start,
+                                                 ', including compilation' if compile_mode(device) else ''))
+        graphs_before = torch._dynamo.utils.counters['stats']['unique_graphs'] if compile_mode(device) else None
+        for i in range(rank, args.runs, world_size):
             seed = args.seed + i
+            where = dict(rank=rank, device=str(device)) if world_size > 1 else {}
             try:
-                result = train(hyp, train_loader, test_loader, seed=seed, run=i + 1)
+                result = train(hyp, train_loader, test_loader, seed=seed, run=i + 1, verbose=rank == 0)
                 runs.append(dict(run=i + 1, seed=seed, status='ok', tta_val_acc=result['tta_val_acc'],
-                                 val_acc=result['val_acc'], time_seconds=result['time_seconds']))
+                                 val_acc=result['val_acc'], time_seconds=result['time_seconds'], **where))
             except TrainingDiverged as e:
                 print('%s: run %d (seed %d) failed: %s' % (prog, i + 1, seed, e), file=sys.stderr)
-                runs.append(dict(run=i + 1, seed=seed, status='diverged', error=str(e)))
+                runs.append(dict(run=i + 1, seed=seed, status='diverged', error=str(e), **where))
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the summary
         interrupted = True
+    if compile_mode(device):
+        compiled = dict(mode=compile_mode(device),
+                        graphs_compiled_in_timed_runs=torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs_before)
+    if world_size > 1:  # rank 0 gathers every rank's runs
+        gathered = [None] * world_size if rank == 0 else None
+        torch.distributed.gather_object((runs, interrupted, compiled), gathered, dst=0)
+        if rank != 0:
+            return 130 if interrupted else 1 if any(r['status'] != 'ok' for r in runs) else 0
+        runs = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r['run'])
+        interrupted = any(part_interrupted for _, part_interrupted, _ in gathered)
+        compiled = compiled and dict(compiled, graphs_compiled_in_timed_runs=max(
+            c['graphs_compiled_in_timed_runs'] for _, _, c in gathered))
+        for r in runs:
+            print('run %d (seed %d, rank %d, %s): %s' % (r['run'], r['seed'], r['rank'], r['device'],
+                  'tta_val_acc %.4f, %.3f s' % (r['tta_val_acc'], r['time_seconds']) if r['status'] == 'ok' else r['status']))
+    if interrupted:
         print('\ninterrupted: summarizing the %d finished runs' % len(runs))
-
     summary = summarize(runs)
     print(format_summary(summary))
+    if compiled:
+        print('graphs compiled during the timed runs: %d' % compiled['graphs_compiled_in_timed_runs'])
     if not args.no_log:
-        record = dict(script=prog, argv=sys.argv[1:] if argv is None else list(argv), hyp=hyp,
+        record = dict(script=prog, argv=args.argv, hyp=hyp,
                       seed=args.seed, data_dir=os.path.abspath(args.data_dir), data_counts=counts,
                       torch_version=torch.__version__, python_version=platform.python_version(),
                       device=str(device), dtype=str(train_loader.images.dtype).replace('torch.', ''),
                       device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
-                      interrupted=interrupted, runs=runs, summary=summary, source=source)
+                      world_size=world_size, compile=compiled, interrupted=interrupted, runs=runs, summary=summary,
+                      source=source)
         print('log: %s' % write_log(args.log_dir, record))
     return 130 if interrupted else 1 if summary['failed'] else 0
 
