@@ -72,6 +72,11 @@ def run_cli(script, args, cwd, hyp_edits=TINY_HYP, constants=None, timeout=600):
                           text=True, timeout=timeout)
 
 
+def quick_args(script):
+    """--no-warmup where allowed: the compiled script needs its warm-up to compile."""
+    return [] if 'compiled' in script else ['--no-warmup']
+
+
 @pytest.fixture(params=SCRIPTS)
 def script(request):
     return request.param

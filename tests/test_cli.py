@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cifar_files
-from conftest import ROOT, SCRIPTS, cli_command, file_snapshot, run_cli, TINY_HYP
+from conftest import ROOT, SCRIPTS, cli_command, file_snapshot, quick_args, run_cli, TINY_HYP
 
 
 def only_log(log_dir):
@@ -37,6 +37,7 @@ def test_cli_prints_a_row_per_epoch_and_a_summary(folder_run):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert 'note: CPU run in float32' in out
+    assert re.search(r'warm-up: \d+\.\d s, untimed' + (', including compilation' if 'compiled' in script else '$'), out, re.M)
     assert 'data: 1280 train / 500 test images from cifar10 (not the full 50000 / 10000 of CIFAR-10)' in out
     assert '|    run |  epoch | train_loss | train_acc | val_acc | tta_val_acc | time_seconds |' in out
     assert len(table_rows(out, 'warmup')) == 4  # an untimed warm-up on random labels
@@ -59,20 +60,26 @@ def test_cli_log_records_the_runs_hyp_environment_and_source(folder_run):
     assert log['torch_version'] == torch.__version__ and log['device'] == 'cpu' and log['dtype'] == 'float32'
     assert log['source'] == open(os.path.join(ROOT, script)).read()
     assert not log['interrupted'] and log['data_counts'] == {'train': 1280, 'test': 500}
+    if 'compiled' in script:  # compiled in the warm-up, never in a timed run
+        assert log['compile'] == {'mode': 'default', 'graphs_compiled_in_timed_runs': 0}
+        assert 'graphs compiled during the timed runs: 0' in result.stdout
+    else:
+        assert log['compile'] is None and log['world_size'] == 1
 
 
-def test_cli_on_the_tarball_gives_the_same_first_run(folder_run):
+def test_cli_on_the_tarball_repeats_a_run_in_a_fresh_process(folder_run):
     script, tmp, _ = folder_run
     data_dir = tmp / 'tarball_only'
     data_dir.mkdir()
     _, md5 = cifar_files.write_tarball(str(data_dir), str(tmp / 'cifar10' / 'cifar-10-batches-py'))
-    result = run_cli(script, ['--data-dir', str(data_dir), '--runs', '1', '--seed', '5', '--no-warmup',
-                              '--log-dir', 'logs_tarball'], cwd=str(tmp), constants={'CIFAR10_TARBALL_MD5': md5})
+    result = run_cli(script, ['--data-dir', str(data_dir), '--runs', '1', '--seed', '6', '--log-dir', 'logs_tarball']
+                     + quick_args(script), cwd=str(tmp), constants={'CIFAR10_TARBALL_MD5': md5})
     assert result.returncode == 0, result.stderr
-    assert 'warmup' not in result.stdout
+    assert ('warmup' in result.stdout) == ('compiled' in script)
     assert os.path.isdir(data_dir / 'cifar-10-batches-py')
-    first = only_log(str(tmp / 'logs'))['runs'][0]
-    assert only_log(str(tmp / 'logs_tarball'))['runs'][0]['tta_val_acc'] == first['tta_val_acc']  # same seed, same run
+    # seed 6 ran second in the folder run, after seed 5: no state carried over from it
+    second = only_log(str(tmp / 'logs'))['runs'][1]
+    assert only_log(str(tmp / 'logs_tarball'))['runs'][0]['tta_val_acc'] == second['tta_val_acc']
 
 
 @pytest.mark.parametrize('args, message', [
@@ -101,7 +108,7 @@ def test_help_lists_every_flag(script):
 def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path):
     os.makedirs(tmp_path / 'logs')
     (tmp_path / 'logs' / 'keep.json').write_text('{"an": "earlier log"}')
-    result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '2', '--seed', '0', '--no-warmup'], cwd=str(tmp_path),
+    result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '2', '--seed', '0'] + quick_args(script), cwd=str(tmp_path),
                      hyp_edits=TINY_HYP + [['opt.lr', 1e30]])
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'run 1 (seed 0) failed: the training loss became' in result.stderr
@@ -112,7 +119,7 @@ def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path
 
 
 def test_ctrl_c_summarizes_and_logs_the_finished_runs(script, cifar_dir, tmp_path):
-    command = cli_command(script, ['--data-dir', cifar_dir, '--runs', '50', '--seed', '0', '--no-warmup'], TINY_HYP,
+    command = cli_command(script, ['--data-dir', cifar_dir, '--runs', '50', '--seed', '0'] + quick_args(script), TINY_HYP,
                           python_flags=['-u'])
     process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
@@ -129,7 +136,7 @@ def test_ctrl_c_summarizes_and_logs_the_finished_runs(script, cifar_dir, tmp_pat
 
 
 def test_no_log_writes_nothing(script, cifar_dir, tmp_path):
-    result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '1', '--no-warmup', '--no-log'], cwd=str(tmp_path),
+    result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '1', '--no-log'] + quick_args(script), cwd=str(tmp_path),
                      hyp_edits=TINY_HYP + [['opt.train_epochs', 0.2]])
     assert result.returncode == 0, result.stderr
     assert 'log:' not in result.stdout and not os.path.exists(tmp_path / 'logs')

@@ -1,6 +1,7 @@
 """train() through the import API: learns, is reproducible, reports divergence, takes subsets."""
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import edited_hyp
 
@@ -30,21 +31,22 @@ def test_train_learns_and_is_reproducible_from_its_seed(module, tiny_hyp, cifar_
 def test_whitening_bias_trains_only_for_its_epochs(module, tiny_hyp, cifar_source):
     tiny_hyp['opt']['whiten_bias_epochs'] = 1
     train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
-    seen = []  # the whitening bias at every training forward pass, i.e. every step
+    seen = []  # before every optimizer step: does the whitening bias have a gradient, and its value
 
-    def record(layer, inputs, output):
-        if layer.training and isinstance(layer, torch.nn.Conv2d) and layer.kernel_size == (2, 2):
-            seen.append(layer.bias.detach().clone())
-    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    def record(optimizer, args, kwargs):
+        bias = next(p for p in optimizer.param_groups[1]['params'] if p.shape == (24,))
+        seen.append((bias.grad is not None, bias.detach().clone()))
+    handle = register_optimizer_step_pre_hook(record)
     try:
         module.train(tiny_hyp, train_loader, test_loader, seed=0, verbose=False)
     finally:
         handle.remove()
     steps_per_epoch = len(train_loader)
     assert len(seen) == module.total_train_steps(train_loader, tiny_hyp)
-    assert not torch.equal(seen[0], seen[steps_per_epoch - 1])  # trained in epoch 1
-    # frozen after it (one lookahead reset may still land on it within its period)
-    settled = seen[steps_per_epoch + tiny_hyp['lookahead']['every_steps']:]
+    assert [has_grad for has_grad, _ in seen] == [True] * steps_per_epoch + [False] * (len(seen) - steps_per_epoch)
+    assert not torch.equal(seen[0][1], seen[steps_per_epoch - 1][1])  # trained in epoch 1
+    # then frozen (one lookahead reset may still land on it within its period)
+    settled = [value for _, value in seen[steps_per_epoch + tiny_hyp['lookahead']['every_steps']:]]
     assert len(settled) > 5 and all(torch.equal(settled[0], b) for b in settled)
 
 
