@@ -787,7 +787,7 @@ def run_all(args, prog, source, device, rank, local_rank, world_size, say):
         if world_size > 1 else ''))
     say(format_header())
 
-    runs, interrupted, compiled = [], False, None
+    runs, interrupted, compiled, warmup_seconds = [], False, None, None
     try:
         if not args.no_warmup:
             # Untimed run on random labels: warms up cuDNN (and compiles, where the script
@@ -799,8 +799,8 @@ def run_all(args, prog, source, device, rank, local_rank, world_size, say):
                 train(hyp, warmup_loader, test_loader, seed=args.seed, run='warmup', verbose=rank == 0)
             except TrainingDiverged:
                 pass  # random labels: only the warm-up itself matters
-            say('warm-up: %.1f s, untimed%s' % (time.perf_counter() - start,
-                                                 ', including compilation' if compile_mode(device) else ''))
+            warmup_seconds = time.perf_counter() - start
+            say('warm-up: %.1f s, untimed%s' % (warmup_seconds, ', including compilation' if compile_mode(device) else ''))
         graphs_before = torch._dynamo.utils.counters['stats']['unique_graphs'] if compile_mode(device) else None
         for i in range(rank, args.runs, world_size):
             seed = args.seed + i
@@ -842,7 +842,8 @@ def run_all(args, prog, source, device, rank, local_rank, world_size, say):
                       torch_version=torch.__version__, python_version=platform.python_version(),
                       device=str(device), dtype=str(train_loader.images.dtype).replace('torch.', ''),
                       device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
-                      world_size=world_size, compile=compiled, interrupted=interrupted, runs=runs, summary=summary,
+                      world_size=world_size, warmup_seconds=warmup_seconds, compile=compiled, interrupted=interrupted,
+                      runs=runs, summary=summary,
                       source=source)
         print('log: %s' % write_log(args.log_dir, record))
     return 130 if interrupted else 1 if summary['failed'] else 0

@@ -14,43 +14,13 @@ import argparse
 import glob
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SHARED = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
-
-# Runs the script's main() after applying hyp edits given as JSON [[path, value], ...]
-DRIVER = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location('__airbench__', sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-for path, value in json.loads(sys.argv[2]):
-    *parents, key = path.split('.')
-    target = module.hyp
-    for name in parents:
-        target = target[name]
-    target[key] = value
-sys.exit(module.main(sys.argv[3:]))
-"""
-
-
-def machine_description(device):
-    if device == 'cuda':
-        return torch.cuda.get_device_name()
-    model = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
-                 platform.processor()) if os.path.exists('/proc/cpuinfo') else platform.processor()
-    return '%s, %d cores available, %d torch threads' % (model, len(os.sched_getaffinity(0)), torch.get_num_threads())
-
-
-def parse_setting(text):
-    path, _, value = text.partition('=')
-    return [path, json.loads(value)]
+from common import ROOT, append_result, machine_description, parse_setting, script_command, write_real_images
 
 
 def main():
@@ -59,27 +29,20 @@ def main():
     parser.add_argument('--runs', type=int, default=2)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg', help='where the official-format files are written')
-    parser.add_argument('--shared-data', default=DEFAULT_SHARED, help='folder of make_cifar10_batches.py')
     parser.add_argument('--set', type=parse_setting, action='append', default=[], metavar='PATH=JSON',
                         help='edit hyp before training, e.g. opt.train_epochs=4')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--results', default=os.path.join(ROOT, 'benchmarks', 'RESULTS.md'))
     args = parser.parse_args()
 
-    if not os.path.isdir(os.path.join(args.data_dir, 'cifar-10-batches-py')):
-        subprocess.run([sys.executable, os.path.join(args.shared_data, 'make_cifar10_batches.py'), args.data_dir],
-                       check=True)
+    write_real_images(args.data_dir)
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
-    script = os.path.join(ROOT, args.script)
     cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', str(args.seed),
-           '--log-dir', log_dir] + (['--no-warmup'] if args.device == 'cpu' else [])
+           '--log-dir', log_dir]
+    if args.device == 'cpu' and 'compiled' not in args.script:
+        cli.append('--no-warmup')  # on CPU the warm-up warms nothing
     before = set(glob.glob(os.path.join(log_dir, '*.json')))
     start = time.time()
-    if args.set:
-        command = [sys.executable, '-c', DRIVER, script, json.dumps(args.set)] + cli
-    else:
-        command = [sys.executable, script] + cli
-    returncode = subprocess.run(command, cwd=ROOT).returncode
+    returncode = subprocess.run(script_command(args.script, args.set, cli), cwd=ROOT).returncode
     wall_seconds = time.time() - start
     new_logs = sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
     if returncode != 0 or len(new_logs) != 1:
@@ -87,27 +50,26 @@ def main():
     log = json.load(open(new_logs[0]))
 
     summary = log['summary']
-    accs = ', '.join('%.2f%%' % (100 * r['tta_val_acc']) for r in log['runs'] if r['status'] == 'ok')
-    times = ', '.join('%.0f s' % r['time_seconds'] for r in log['runs'] if r['status'] == 'ok')
-    shown = ' '.join(['python', os.path.relpath(script, ROOT)] + cli).replace(log_dir, 'benchmarks/logs')
-    entry = [
+    ok = [r for r in log['runs'] if r['status'] == 'ok']
+    edits = ', '.join('%s=%s' % (p, json.dumps(v)) for p, v in args.set)
+    append_result([
         '### %s on real images, %s, %s' % (args.script, args.device, time.strftime('%Y-%m-%d')),
         '',
-        '- command: `python benchmarks/real_images.py %s --runs %d --device %s%s` (runs `%s`)' % (
-            args.script, args.runs, args.device, ''.join(' --set %s=%s' % (p, json.dumps(v)) for p, v in args.set), shown),
-        '- hyp edits: %s' % (', '.join('%s=%s' % (p, json.dumps(v)) for p, v in args.set) or 'none (the published method)'),
-        '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'], log['dtype']),
-        '- n = %d finished, %d failed; TTA accuracy per run: %s' % (summary['ok'], summary['failed'], accs),
+        '- command: `python benchmarks/real_images.py %s --runs %d --device %s%s` (runs `python %s %s`)' % (
+            args.script, args.runs, args.device, ''.join(' --set %s=%s' % (p, json.dumps(v)) for p, v in args.set),
+            args.script, ' '.join(cli).replace(log_dir, 'benchmarks/logs')),
+        '- hyp edits: %s' % (edits or 'none (the published method)'),
+        '- machine: %s; torch %s; dtype %s; %d torch threads' % (
+            machine_description(args.device), log['torch_version'], log['dtype'], torch.get_num_threads()),
+        '- n = %d finished, %d failed; TTA accuracy per run: %s' % (
+            summary['ok'], summary['failed'], ', '.join('%.2f%%' % (100 * r['tta_val_acc']) for r in ok)),
         '- mean TTA accuracy: %s; std %s' % (
-            '%.2f%%' % (100 * summary['tta_val_acc_mean']) if summary['ok'] else 'n/a',
+            '%.2f%%' % (100 * summary['tta_val_acc_mean']) if ok else 'n/a',
             '%.2f' % (100 * summary['tta_val_acc_std']) if summary.get('tta_val_acc_std') is not None else 'n/a'),
-        '- timed seconds per run: %s; wall time of the whole benchmark: %.0f s' % (times, wall_seconds),
+        '- timed seconds per run: %s; wall time of the whole benchmark: %.0f s' % (
+            ', '.join('%.0f' % r['time_seconds'] for r in ok), wall_seconds),
         '- log: `%s`' % os.path.relpath(new_logs[0], ROOT),
-        '',
-    ]
-    with open(args.results, 'a') as f:
-        f.write('\n'.join(entry) + '\n')
-    print('\n'.join(entry))
+    ])
 
 
 if __name__ == '__main__':

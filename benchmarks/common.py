@@ -1,0 +1,64 @@
+"""What the benchmark drivers share: real images on disk, the hyp-editing driver, the machine, RESULTS.md."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+RESULTS = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
+
+# Runs a script's main() after applying hyp edits given as JSON [[dotted.path, value], ...]
+DRIVER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location('__airbench__', sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+for path, value in json.loads(sys.argv[2]):
+    *parents, key = path.split('.')
+    target = module.hyp
+    for name in parents:
+        target = target[name]
+    target[key] = value
+sys.exit(module.main(sys.argv[3:]))
+"""
+
+
+def write_real_images(data_dir, limit_train=None, limit_test=None):
+    """The shared JPEG-re-encoded CIFAR-10 in the official on-disk format, written once."""
+    if not os.path.isdir(os.path.join(data_dir, 'cifar-10-batches-py')):
+        limits = [] if limit_train is None else ['--limit-train', str(limit_train), '--limit-test', str(limit_test)]
+        subprocess.run([sys.executable, os.path.join(SHARED_DATA, 'make_cifar10_batches.py'), data_dir] + limits,
+                       check=True)
+
+
+def script_command(script, hyp_edits, cli, python=(sys.executable,)):
+    """The command that runs a script's CLI, through DRIVER when hyp is edited."""
+    path = os.path.join(ROOT, script)
+    if hyp_edits:
+        return [*python, '-c', DRIVER, path, json.dumps(hyp_edits), *cli]
+    return [*python, path, *cli]
+
+
+def parse_setting(text):
+    path, _, value = text.partition('=')
+    return [path, json.loads(value)]
+
+
+def machine_description(device='cpu'):
+    if device == 'cuda':
+        return torch.cuda.get_device_name()
+    model = platform.processor()
+    if os.path.exists('/proc/cpuinfo'):
+        model = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+                      if line.startswith('model name')), model)
+    return '%s, %d cores available' % (model, len(os.sched_getaffinity(0)))
+
+
+def append_result(lines):
+    with open(RESULTS, 'a') as f:
+        f.write('\n'.join(lines) + '\n\n')
+    print('\n'.join(lines))

@@ -1,0 +1,69 @@
+"""torchrun overhead on CPU: the same runs in 1 process of 2 threads vs 2 processes of 1 thread.
+
+Small real-image data (the shared images, first 5120 train / 1000 test) and a small network
+(widths 32/64/64, batch 256) so that the launch overhead is visible next to the training.
+Appends wall times and per-run timed seconds to benchmarks/RESULTS.md.
+
+    python benchmarks/torchrun_overhead.py --runs 8
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from common import ROOT, append_result, machine_description, script_command, write_real_images
+
+HYP = [['opt.batch_size', 256], ['net.widths', {'block1': 32, 'block2': 64, 'block3': 64}]]
+
+
+def timed(command, env, log_dir):
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, env=dict(os.environ, **env), stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    path = max(glob.glob(os.path.join(log_dir, '*.json')), key=os.path.getmtime)
+    return wall, json.load(open(path)), os.path.relpath(path, ROOT)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--script', default='airbench94.py')
+    parser.add_argument('--runs', type=int, default=8)
+    parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg-5k')
+    args = parser.parse_args()
+    write_real_images(args.data_dir, 5120, 1000)
+    log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
+    cli = ['--device', 'cpu', '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', '0', '--log-dir', log_dir]
+    single = script_command(args.script, HYP, cli)
+    launched = script_command(args.script, HYP, cli, python=(sys.executable, '-m', 'torch.distributed.run',
+                                                             '--standalone', '--nproc_per_node=2'))
+    results = {}
+    for name, command, env in [('1 process x 2 threads', single, {'OMP_NUM_THREADS': '2'}),
+                               ('torchrun, 2 processes x 1 thread', launched, {})]:
+        wall, log, path = timed(command, env, log_dir)
+        ok = [r for r in log['runs'] if r['status'] == 'ok']
+        results[name] = (wall, sum(r['time_seconds'] for r in ok) / len(ok), log, path)
+    (wall1, run1, log1, path1), (wall2, run2, log2, path2) = results.values()
+    same = [r['tta_val_acc'] for r in log1['runs']] == [r['tta_val_acc'] for r in log2['runs']]
+    append_result([
+        '### torchrun overhead on CPU, %s, %s' % (args.script, time.strftime('%Y-%m-%d')),
+        '',
+        '- command: `python benchmarks/torchrun_overhead.py --script %s --runs %d`' % (args.script, args.runs),
+        '- data: the shared real images, first 5120 train / 1000 test; hyp edits: %s' % ', '.join(
+            '%s=%s' % (p, json.dumps(v)) for p, v in HYP),
+        '- machine: %s; torch %s; n = %d runs each, each with its warm-up' % (machine_description(), torch.__version__,
+                                                                           args.runs),
+        '- 1 process x 2 threads: %.1f s wall for all runs, %.2f s timed per run' % (wall1, run1),
+        '- torchrun, 2 processes x 1 thread: %.1f s wall for all runs, %.2f s timed per run' % (wall2, run2),
+        '- wall-time ratio torchrun / single: %.2f; per-run accuracies identical: %s (expected: no, the thread '
+        'counts differ, so float sums differ)' % (wall2 / wall1, same),
+        '- logs: `%s`, `%s`' % (path1, path2),
+    ])
+
+
+if __name__ == '__main__':
+    main()
