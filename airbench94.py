@@ -769,7 +769,7 @@ def run_all(args, prog, source, device, rank, local_rank, world_size, say):
         if world_size > 1 else ''))
     say(format_header())
 
-    runs, interrupted, compiled, warmup_seconds = [], False, None, None
+    runs, interrupted, compiled, warmup_seconds, graphs_before = [], False, None, None, None
     try:
         if not args.no_warmup:
             # Untimed run on random labels: warms up cuDNN (and compiles, where the script
@@ -797,7 +797,7 @@ def run_all(args, prog, source, device, rank, local_rank, world_size, say):
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the summary
         interrupted = True
-    if compile_mode(device):
+    if graphs_before is not None:  # compiling, and the warm-up finished
         compiled = dict(mode=compile_mode(device),
                         graphs_compiled_in_timed_runs=torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs_before)
     if world_size > 1:  # rank 0 gathers every rank's runs
@@ -807,8 +807,9 @@ def run_all(args, prog, source, device, rank, local_rank, world_size, say):
             return 130 if interrupted else 1 if any(r['status'] != 'ok' for r in runs) else 0
         runs = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r['run'])
         interrupted = any(part_interrupted for _, part_interrupted, _ in gathered)
-        compiled = compiled and dict(compiled, graphs_compiled_in_timed_runs=max(
-            c['graphs_compiled_in_timed_runs'] for _, _, c in gathered))
+        compiled_parts = [c for _, _, c in gathered if c]
+        compiled = dict(compiled_parts[0], graphs_compiled_in_timed_runs=max(
+            c['graphs_compiled_in_timed_runs'] for c in compiled_parts)) if compiled_parts else None
         for r in runs:
             print('run %d (seed %d, rank %d, %s): %s' % (r['run'], r['seed'], r['rank'], r['device'],
                   'tta_val_acc %.4f, %.3f s' % (r['tta_val_acc'], r['time_seconds']) if r['status'] == 'ok' else r['status']))
