@@ -21,8 +21,14 @@ def torchrun(tmp_path, script, args, driver=DRIVER, env=None, timeout=600):
     driver_path.write_text(driver)
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                str(driver_path), os.path.join(ROOT, script), json.dumps(TINY_HYP), '{}', *args]
-    return subprocess.run(command, cwd=str(tmp_path), capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
+    process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, **(env or {})), start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:  # never leave torchrun's workers behind
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def log_in(folder):
@@ -73,7 +79,11 @@ def test_ctrl_c_under_torchrun_summarizes_every_rank(cifar_dir, tmp_path):
             os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: every process of the group
             break
     out = ''.join(lines) + process.stdout.read()
-    process.wait(timeout=120)
+    try:
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     log = log_in(tmp_path / 'logs')
     runs = [r['run'] for r in log['runs']]
     assert log['interrupted'] and len(runs) == len(set(runs)) >= 3
