@@ -11,20 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 RESULTS = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
 
-# Runs a script's main() after applying hyp edits given as JSON [[dotted.path, value], ...]
-DRIVER = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location('__airbench__', sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-for path, value in json.loads(sys.argv[2]):
-    *parents, key = path.split('.')
-    target = module.hyp
-    for name in parents:
-        target = target[name]
-    target[key] = value
-sys.exit(module.main(sys.argv[3:]))
-"""
+DRIVER = os.path.join(ROOT, 'benchmarks', 'run_with_hyp.py')  # runs a script's CLI with hyp edits
 
 
 def write_real_images(data_dir, limit_train=None, limit_test=None):
@@ -37,10 +24,9 @@ def write_real_images(data_dir, limit_train=None, limit_test=None):
 
 def script_command(script, hyp_edits, cli, python=(sys.executable,)):
     """The command that runs a script's CLI, through DRIVER when hyp is edited."""
-    path = os.path.join(ROOT, script)
     if hyp_edits:
-        return [*python, '-c', DRIVER, path, json.dumps(hyp_edits), *cli]
-    return [*python, path, *cli]
+        return [*python, DRIVER, script, json.dumps(hyp_edits), *cli]
+    return [*python, os.path.join(ROOT, script), *cli]
 
 
 def parse_setting(text):
