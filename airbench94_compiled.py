@@ -402,7 +402,7 @@ def init_whitening_conv(layer, images, eps):
     c, h, w = layer.weight.shape[1:]
     patches = images.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c * h * w).float()
     covariance = patches.T @ patches / len(patches)  # uncentered
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO='U')  # ascending; the published signs
     eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)  # rows, largest first
     filters = (eigenvectors / torch.sqrt(eigenvalues + eps)[:, None]).view(c * h * w, c, h, w)
     layer.weight.data[:] = torch.cat((filters, -filters))
@@ -617,7 +617,6 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     optimizer = make_optimizer(net, hyp)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, hyp))
     loss_fn = make_loss_fn(hyp)
-    lookahead = LookaheadState(net)
     train_loader.epoch = 0  # a fresh alternating-flip pattern for every run
     epochs, step = [], 0
 
@@ -625,6 +624,9 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     init_whitening_conv(net.whiten, train_loader.normalize(train_loader.images[:hyp['net']['whiten_images']]),
                         hyp['net']['whiten_eps'])
     time_seconds = device_clock(device) - start
+    # After the whitening init, so the EMA starts from the initialized net (the published code
+    # starts it from the discarded random whitening weights: a 9e-7 share left at step 5 of 476)
+    lookahead = LookaheadState(net)
 
     for epoch in range(ceil(opt['train_epochs'])):
         net.whiten.bias.requires_grad = epoch < opt['whiten_bias_epochs']

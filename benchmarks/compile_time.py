@@ -26,6 +26,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg-5k')
+    parser.add_argument('--note', default='', help='recorded with the result, e.g. what else ran on the machine')
     args = parser.parse_args()
     write_real_images(args.data_dir, 5120, 1000)
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
@@ -52,7 +53,7 @@ def main():
         'runs: %d' % (per_run['airbench94.py'], per_run['airbench94_compiled.py'],
                       compiled['compile']['graphs_compiled_in_timed_runs']),
         '- logs: `%s`, `%s`' % (eager_path, compiled_path),
-    ])
+    ] + (['- note: %s' % args.note] if args.note else []))
 
 
 if __name__ == '__main__':
