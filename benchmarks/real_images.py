@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 
-import torch
 
 from common import ROOT, append_result, machine_description, parse_setting, script_command, write_real_images
 
@@ -32,7 +31,13 @@ def main():
     parser.add_argument('--set', type=parse_setting, action='append', default=[], metavar='PATH=JSON',
                         help='edit hyp before training, e.g. opt.train_epochs=4')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--from-log', metavar='LOG', help='record an existing log of such a run (e.g. one stopped '
+                        'with Ctrl-C after some runs) instead of training')
     args = parser.parse_args()
+    if args.from_log:
+        log = json.load(open(args.from_log))
+        record(args, log, args.from_log, log['argv'], wall_seconds=None)
+        return
 
     write_real_images(args.data_dir)
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
@@ -47,29 +52,33 @@ def main():
     new_logs = sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
     if returncode != 0 or len(new_logs) != 1:
         sys.exit('benchmark failed: exit code %d, %d new logs' % (returncode, len(new_logs)))
-    log = json.load(open(new_logs[0]))
+    record(args, json.load(open(new_logs[0])), new_logs[0], cli, wall_seconds)
 
+
+def record(args, log, log_path, cli, wall_seconds):
+    log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     summary = log['summary']
     ok = [r for r in log['runs'] if r['status'] == 'ok']
     edits = ', '.join('%s=%s' % (p, json.dumps(v)) for p, v in args.set)
     append_result([
         '### %s on real images, %s, %s' % (args.script, args.device, time.strftime('%Y-%m-%d')),
         '',
-        '- command: `python benchmarks/real_images.py %s --runs %d --device %s%s` (runs `python %s %s`)' % (
-            args.script, args.runs, args.device, ''.join(' --set %s=%s' % (p, json.dumps(v)) for p, v in args.set),
+        '- command: `python benchmarks/real_images.py %s --runs %d --device %s --seed %d%s` (runs `python %s %s`)' % (
+            args.script, args.runs, args.device, args.seed,
+            ''.join(' --set %s=%s' % (p, json.dumps(v)) for p, v in args.set),
             args.script, ' '.join(cli).replace(log_dir, 'benchmarks/logs')),
         '- hyp edits: %s' % (edits or 'none (the published method)'),
-        '- machine: %s; torch %s; dtype %s; %d torch threads' % (
-            machine_description(args.device), log['torch_version'], log['dtype'], torch.get_num_threads()),
+        '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'], log['dtype']),
         '- n = %d finished, %d failed; TTA accuracy per run: %s' % (
             summary['ok'], summary['failed'], ', '.join('%.2f%%' % (100 * r['tta_val_acc']) for r in ok)),
         '- mean TTA accuracy: %s; std %s' % (
             '%.2f%%' % (100 * summary['tta_val_acc_mean']) if ok else 'n/a',
             '%.2f' % (100 * summary['tta_val_acc_std']) if summary.get('tta_val_acc_std') is not None else 'n/a'),
-        '- timed seconds per run: %s; wall time of the whole benchmark: %.0f s' % (
-            ', '.join('%.0f' % r['time_seconds'] for r in ok), wall_seconds),
-        '- log: `%s`' % os.path.relpath(new_logs[0], ROOT),
-    ])
+        '- timed seconds per run: %s; wall time of the whole benchmark: %s' % (
+            ', '.join('%.0f' % r['time_seconds'] for r in ok), '%.0f s' % wall_seconds if wall_seconds else 'n/a'),
+        '- log: `%s`%s' % (os.path.relpath(log_path, ROOT), ' (recorded with --from-log)' if args.from_log else ''),
+    ] + (['- interrupted with Ctrl-C after the runs above; the runs it had not finished are not counted']
+         if log['interrupted'] else []))
 
 
 if __name__ == '__main__':
