@@ -49,7 +49,8 @@ def main():
     start = time.time()
     returncode = subprocess.run(script_command(args.script, args.set, cli), cwd=ROOT).returncode
     wall_seconds = time.time() - start
-    new_logs = sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
+    new_logs = [path for path in sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
+                if json.load(open(path))['argv'] == cli]  # other benchmarks may log here meanwhile
     if returncode != 0 or len(new_logs) != 1:
         sys.exit('benchmark failed: exit code %d, %d new logs' % (returncode, len(new_logs)))
     record(args, json.load(open(new_logs[0])), new_logs[0], cli, wall_seconds)
