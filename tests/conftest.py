@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -21,23 +22,10 @@ SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'airb
 TINY_HYP = [['opt.batch_size', 128], ['opt.train_epochs', 2.5],
             ['net.widths', {'block1': 16, 'block2': 32, 'block3': 32}], ['net.whiten_images', 256]]
 
-# Runs a script's main() in a fresh interpreter after applying `hyp` (and module constant) edits
-DRIVER = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location('__airbench__', sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-edits, constants = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-for path, value in edits:
-    *parents, key = path.split('.')
-    target = module.hyp
-    for name in parents:
-        target = target[name]
-    target[key] = value
-for name, value in constants.items():
-    setattr(module, name, value)
-sys.exit(module.main(sys.argv[4:]))
-"""
+# Runs a script's main() in a fresh interpreter after applying hyp (and module constant) edits
+DRIVER = os.path.join(ROOT, 'benchmarks', 'run_with_hyp.py')
+sys.path.insert(0, os.path.dirname(DRIVER))
+from run_with_hyp import edit_hyp  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,27 +37,26 @@ def load_script(name):
 
 
 def edited_hyp(module, edits=TINY_HYP):
-    hyp = copy.deepcopy(module.hyp)
-    for path, value in edits:
-        *parents, key = path.split('.')
-        target = hyp
-        for name in parents:
-            target = target[name]
-        target[key] = value
-    return hyp
+    return edit_hyp(copy.deepcopy(module.hyp), edits)
 
 
-def cli_command(script, args, hyp_edits=(), constants=None, python_flags=()):
+def cli_command(script, args, edits=(), python_flags=()):
     """The command line that runs `script`'s CLI, through the driver when something is edited."""
-    if not hyp_edits and not constants:
+    if not edits:
         return [sys.executable, *python_flags, os.path.join(ROOT, script), *args]
-    return [sys.executable, *python_flags, '-c', DRIVER, os.path.join(ROOT, script), json.dumps(list(hyp_edits)),
-            json.dumps(constants or {}), *args]
+    return [sys.executable, *python_flags, DRIVER, os.path.join(ROOT, script), json.dumps(list(edits)), *args]
 
 
-def run_cli(script, args, cwd, hyp_edits=TINY_HYP, constants=None, timeout=600):
-    return subprocess.run(cli_command(script, args, hyp_edits, constants), cwd=cwd, capture_output=True,
+def run_cli(script, args, cwd, edits=TINY_HYP, timeout=600):
+    return subprocess.run(cli_command(script, args, edits), cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def allow_ctrl_c():
+    """preexec_fn for a child that a test interrupts: a suite started in the background of a
+    script (`cmd &`) ignores SIGINT, children inherit that, and Python then never raises
+    KeyboardInterrupt; restore the default so the child gets Ctrl-C as from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def quick_args(script):

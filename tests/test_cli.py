@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cifar_files
-from conftest import ROOT, SCRIPTS, cli_command, file_snapshot, quick_args, run_cli, TINY_HYP
+from conftest import ROOT, SCRIPTS, allow_ctrl_c, cli_command, file_snapshot, quick_args, run_cli, TINY_HYP
 
 
 def only_log(log_dir):
@@ -73,7 +73,8 @@ def test_cli_on_the_tarball_repeats_a_run_in_a_fresh_process(folder_run):
     data_dir.mkdir()
     _, md5 = cifar_files.write_tarball(str(data_dir), str(tmp / 'cifar10' / 'cifar-10-batches-py'))
     result = run_cli(script, ['--data-dir', str(data_dir), '--runs', '1', '--seed', '6', '--log-dir', 'logs_tarball']
-                     + quick_args(script), cwd=str(tmp), constants={'CIFAR10_TARBALL_MD5': md5})
+                     + quick_args(script), cwd=str(tmp),
+                     edits=TINY_HYP + [['CIFAR10_TARBALL_MD5', md5]])
     assert result.returncode == 0, result.stderr
     assert ('warmup' in result.stdout) == ('compiled' in script)
     assert os.path.isdir(data_dir / 'cifar-10-batches-py')
@@ -90,26 +91,36 @@ def test_cli_on_the_tarball_repeats_a_run_in_a_fresh_process(folder_run):
     (['--seed', 'x'], "--seed: invalid int value: 'x'"),
     (['--log-dir', 'afile'], '--log-dir afile: cannot write there'),
 ] + ([] if torch.cuda.is_available() else [(['--device', 'cuda'], '--device cuda: no CUDA device is available')]))
-def test_bad_flag_values_get_an_argparse_error(script, tmp_path, args, message):
+def test_bad_flag_values_get_an_argparse_error(module, tmp_path, monkeypatch, capsys, args, message):
     (tmp_path / 'afile').write_text('precious')
-    result = run_cli(script, args, cwd=str(tmp_path), hyp_edits=())
-    assert result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
-    assert result.stderr.startswith('usage: ')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(args)
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and stderr.startswith('usage: ') and message in stderr
     assert file_snapshot(str(tmp_path)) == {'afile': b'precious'}
 
 
-def test_help_lists_every_flag(script):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), '--help'], capture_output=True, text=True)
-    assert result.returncode == 0
+def test_the_real_cli_reports_a_bad_flag_without_a_traceback(script, tmp_path):
+    result = run_cli(script, ['--runs', '0'], cwd=str(tmp_path), edits=())
+    assert result.returncode == 2 and result.stderr.startswith('usage: ') and 'Traceback' not in result.stderr
+    assert "--runs: must be a positive integer, not '0'" in result.stderr and os.listdir(tmp_path) == []
+
+
+def test_help_lists_every_flag(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(['--help'])
+    assert exit_info.value.code == 0
+    stdout = capsys.readouterr().out
     for flag in ('--runs', '--data-dir', '--device', '--seed', '--no-warmup', '--log-dir', '--no-log'):
-        assert flag in result.stdout
+        assert flag in stdout
 
 
 def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path):
     os.makedirs(tmp_path / 'logs')
     (tmp_path / 'logs' / 'keep.json').write_text('{"an": "earlier log"}')
     result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '2', '--seed', '0'] + quick_args(script), cwd=str(tmp_path),
-                     hyp_edits=TINY_HYP + [['opt.lr', 1e30]])
+                     edits=TINY_HYP + [['opt.lr', 1e30]])
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'run 1 (seed 0) failed: the training loss became' in result.stderr
     assert 'runs: 0 finished, 2 failed' in result.stdout
@@ -121,7 +132,8 @@ def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path
 def test_ctrl_c_summarizes_and_logs_the_finished_runs(script, cifar_dir, tmp_path):
     command = cli_command(script, ['--data-dir', cifar_dir, '--runs', '50', '--seed', '0'] + quick_args(script), TINY_HYP,
                           python_flags=['-u'])
-    process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=allow_ctrl_c)
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -137,7 +149,7 @@ def test_ctrl_c_summarizes_and_logs_the_finished_runs(script, cifar_dir, tmp_pat
 
 def test_no_log_writes_nothing(script, cifar_dir, tmp_path):
     result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '1', '--no-log'] + quick_args(script), cwd=str(tmp_path),
-                     hyp_edits=TINY_HYP + [['opt.train_epochs', 0.2]])
+                     edits=TINY_HYP + [['opt.train_epochs', 0.2]])
     assert result.returncode == 0, result.stderr
     assert 'log:' not in result.stdout and not os.path.exists(tmp_path / 'logs')
 

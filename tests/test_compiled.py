@@ -45,5 +45,5 @@ def test_runs_reuse_the_compiled_net_and_carry_no_state(setup):
 
 
 def test_no_warmup_is_refused_because_compilation_must_stay_untimed(tmp_path):
-    result = run_cli('airbench94_compiled.py', ['--no-warmup'], cwd=str(tmp_path), hyp_edits=())
+    result = run_cli('airbench94_compiled.py', ['--no-warmup'], cwd=str(tmp_path), edits=())
     assert result.returncode == 2 and '--no-warmup: this script compiles during its warm-up' in result.stderr

@@ -112,7 +112,7 @@ def test_cache_with_wrong_shapes_is_rebuilt(module, cifar_dir):
 
 def test_offline_with_no_data_says_which_files_to_put_where(script, tmp_path):
     data_dir = tmp_path / 'empty'
-    result = run_cli(script, ['--data-dir', str(data_dir), '--no-log'], cwd=str(tmp_path), hyp_edits=())
+    result = run_cli(script, ['--data-dir', str(data_dir), '--no-log'], cwd=str(tmp_path), edits=())
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
     for needed in ('no CIFAR-10 in %s' % data_dir, 'cifar-10-python.tar.gz', 'cifar-10-batches-py/'):
@@ -123,7 +123,7 @@ def test_offline_with_no_data_says_which_files_to_put_where(script, tmp_path):
 def test_corrupt_tarball_via_cli_gets_message_not_traceback(script, tmp_path):
     with open(tmp_path / 'cifar-10-python.tar.gz', 'wb') as f:
         f.write(b'\x1f\x8b truncated')
-    result = run_cli(script, ['--data-dir', str(tmp_path), '--no-log'], cwd=str(tmp_path), hyp_edits=())
+    result = run_cli(script, ['--data-dir', str(tmp_path), '--no-log'], cwd=str(tmp_path), edits=())
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'cifar-10-python.tar.gz has MD5' in result.stderr
     assert open(tmp_path / 'cifar-10-python.tar.gz', 'rb').read() == b'\x1f\x8b truncated'

@@ -5,22 +5,33 @@ import signal
 import subprocess
 import sys
 
-from conftest import DRIVER, ROOT, TINY_HYP, quick_args
+from conftest import DRIVER, ROOT, TINY_HYP, allow_ctrl_c, cli_command, quick_args
 
-# A rank that raises: train() fails on the rank named by the environment, after the driver's edits
-FAILING_DRIVER = DRIVER.replace('sys.exit(module.main(sys.argv[4:]))', '''import os
+# The driver, except that train() raises on the rank named by the environment
+FAILING_DRIVER = """
+import json, os, sys
+sys.path.insert(0, %r)
+from run_with_hyp import load_edited
+module = load_edited(sys.argv[1], json.loads(sys.argv[2]))
 def fail(*args, **kwargs):
     raise RuntimeError('injected failure')
 if os.environ['RANK'] == os.environ['FAIL_RANK']:
     module.train = fail
-sys.exit(module.main(sys.argv[4:]))''')
+sys.exit(module.main(sys.argv[3:]))
+""" % os.path.dirname(DRIVER)
 
 
-def torchrun(tmp_path, script, args, driver=DRIVER, env=None, timeout=600):
-    driver_path = tmp_path / 'driver.py'
-    driver_path.write_text(driver)
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-               str(driver_path), os.path.join(ROOT, script), json.dumps(TINY_HYP), '{}', *args]
+def torchrun_command(driver, script, args, python_flags=()):
+    return [sys.executable, *python_flags, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+            str(driver), os.path.join(ROOT, script), json.dumps(TINY_HYP), *args]
+
+
+def torchrun(tmp_path, script, args, driver_source=None, env=None, timeout=600):
+    driver = DRIVER
+    if driver_source:
+        driver = tmp_path / 'driver.py'
+        driver.write_text(driver_source)
+    command = torchrun_command(driver, script, args)
     process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, **(env or {})), start_new_session=True)
     try:
@@ -41,9 +52,8 @@ def test_torchrun_runs_equal_single_process_runs_to_the_bit(script, cifar_dir, t
     args = ['--data-dir', cifar_dir, '--runs', '3', '--seed', '5'] + quick_args(script)
     result = torchrun(tmp_path, script, args + ['--log-dir', 'logs_torchrun'])
     assert result.returncode == 0, result.stderr
-    single = subprocess.run([sys.executable, '-c', DRIVER, os.path.join(ROOT, script), json.dumps(TINY_HYP), '{}',
-                             *args, '--log-dir', 'logs_single'], cwd=str(tmp_path), capture_output=True, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))  # torchrun gives each process one thread
+    single = subprocess.run(cli_command(script, args + ['--log-dir', 'logs_single'], TINY_HYP), cwd=str(tmp_path),
+                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))  # torchrun gives each process one thread
     assert single.returncode == 0, single.stderr
 
     distributed, alone = log_in(tmp_path / 'logs_torchrun'), log_in(tmp_path / 'logs_single')
@@ -58,20 +68,17 @@ def test_torchrun_runs_equal_single_process_runs_to_the_bit(script, cifar_dir, t
 
 def test_a_failing_rank_ends_the_launch_with_a_message(cifar_dir, tmp_path):
     result = torchrun(tmp_path, 'airbench94.py', ['--data-dir', cifar_dir, '--runs', '4', '--no-warmup'],
-                      driver=FAILING_DRIVER, env={'FAIL_RANK': '1'}, timeout=300)
+                      driver_source=FAILING_DRIVER, env={'FAIL_RANK': '1'}, timeout=300)
     assert result.returncode != 0
     assert 'airbench94.py: rank 1 failed: RuntimeError: injected failure' in result.stderr
     assert not os.path.exists(tmp_path / 'logs') or os.listdir(tmp_path / 'logs') == []
 
 
 def test_ctrl_c_under_torchrun_summarizes_every_rank(cifar_dir, tmp_path):
-    driver_path = tmp_path / 'driver.py'
-    driver_path.write_text(DRIVER)
-    command = [sys.executable, '-u', '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-               str(driver_path), os.path.join(ROOT, 'airbench94.py'), json.dumps(TINY_HYP), '{}',
-               '--data-dir', cifar_dir, '--runs', '100', '--seed', '0', '--no-warmup']
+    command = torchrun_command(DRIVER, 'airbench94.py', ['--data-dir', cifar_dir, '--runs', '100', '--seed', '0',
+                                                        '--no-warmup'], python_flags=['-u'])
     process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True, preexec_fn=allow_ctrl_c)
     lines = []
     for line in process.stdout:
         lines.append(line)

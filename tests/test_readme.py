@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, TINY_HYP
+from conftest import DRIVER, ROOT, TINY_HYP
 import cifar_files
 
 README = open(os.path.join(ROOT, 'README.md')).read()
@@ -14,15 +14,12 @@ README = open(os.path.join(ROOT, 'README.md')).read()
 EXAMPLE_DRIVER = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, %r)
 import airbench94
-for path, value in json.loads(sys.argv[2]):
-    *parents, key = path.split('.')
-    target = airbench94.hyp
-    for name in parents:
-        target = target[name]
-    target[key] = value
+from run_with_hyp import edit_hyp
+edit_hyp(airbench94.hyp, json.loads(sys.argv[2]))
 exec(sys.argv[3])
-"""
+""" % os.path.dirname(DRIVER)
 
 
 def test_data_selection_example_runs(tmp_path):
