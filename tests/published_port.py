@@ -4,7 +4,7 @@ It follows the published code's structure (an nn.Sequential net, parameter group
 LambdaLR get_lr, LookaheadState over the state dict, whole-dataset normalize/flip/pad
 preprocessing with the per-epoch batch_crop, get_patches + eigh(UPLO='U') whitening, infer
 with TTA) and imports nothing from our scripts, so it can check them: tests/test_reference.py
-compares our training with it step for step, benchmarks/published_port.py trains it on the
+compares our training with it, and benchmarks/published_port_real_images.py trains it on the
 real images.
 """
 from math import ceil
