@@ -41,7 +41,7 @@ def machine_description(device='cpu'):
     if os.path.exists('/proc/cpuinfo'):
         model = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
                       if line.startswith('model name')), model)
-    return '%s, %d cores available' % (model, len(os.sched_getaffinity(0)))
+    return '%s, %d cores available, %d torch threads' % (model, len(os.sched_getaffinity(0)), torch.get_num_threads())
 
 
 def append_result(lines):

@@ -14,6 +14,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -57,17 +58,17 @@ def main():
 
 
 def record(args, log, log_path, cli, wall_seconds):
-    log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     summary = log['summary']
     ok = [r for r in log['runs'] if r['status'] == 'ok']
     edits = ', '.join('%s=%s' % (p, json.dumps(v)) for p, v in args.set)
     append_result([
         '### %s on real images, %s, %s' % (args.script, args.device, time.strftime('%Y-%m-%d')),
         '',
-        '- command: `python benchmarks/real_images.py %s --runs %d --device %s --seed %d%s` (runs `python %s %s`)' % (
+        '- command: `python benchmarks/real_images.py %s --runs %d --device %s --seed %d%s` (runs `%s`)' % (
             args.script, args.runs, args.device, args.seed,
-            ''.join(' --set %s=%s' % (p, json.dumps(v)) for p, v in args.set),
-            args.script, ' '.join(cli).replace(log_dir, 'benchmarks/logs')),
+            ''.join(' --set %s=%s' % (p, shlex.quote(json.dumps(v))) for p, v in args.set),
+            ' '.join(shlex.quote(a) for a in script_command(args.script, args.set, cli, python=('python',)))
+            .replace(ROOT + os.sep, '')),
         '- hyp edits: %s' % (edits or 'none (the published method)'),
         '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'], log['dtype']),
         '- n = %d finished, %d failed; TTA accuracy per run: %s' % (
