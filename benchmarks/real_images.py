@@ -51,10 +51,15 @@ def main():
     returncode = subprocess.run(script_command(args.script, args.set, cli), cwd=ROOT).returncode
     wall_seconds = time.time() - start
     new_logs = [path for path in sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
-                if json.load(open(path))['argv'] == cli]  # other benchmarks may log here meanwhile
+                if is_log_of(path, args.script, cli)]  # other benchmarks may log here meanwhile
     if returncode != 0 or len(new_logs) != 1:
         sys.exit('benchmark failed: exit code %d, %d new logs' % (returncode, len(new_logs)))
     record(args, json.load(open(new_logs[0])), new_logs[0], cli, wall_seconds)
+
+
+def is_log_of(path, script, cli):
+    log = json.load(open(path))
+    return log['script'] == os.path.basename(script) and log['argv'] == cli
 
 
 def record(args, log, log_path, cli, wall_seconds):
