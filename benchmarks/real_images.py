@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-
 from common import ROOT, append_result, machine_description, parse_setting, script_command, write_real_images
 
 

@@ -53,7 +53,8 @@ def test_torchrun_runs_equal_single_process_runs_to_the_bit(script, cifar_dir, t
     result = torchrun(tmp_path, script, args + ['--log-dir', 'logs_torchrun'])
     assert result.returncode == 0, result.stderr
     single = subprocess.run(cli_command(script, args + ['--log-dir', 'logs_single'], TINY_HYP), cwd=str(tmp_path),
-                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))  # torchrun gives each process one thread
+                            capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))  # torchrun gives each process one thread
     assert single.returncode == 0, single.stderr
 
     distributed, alone = log_in(tmp_path / 'logs_torchrun'), log_in(tmp_path / 'logs_single')
