@@ -733,6 +733,10 @@ def main(argv=None):
     if world_size > 1:
         if use_cuda:
             torch.cuda.set_device(device)
+        # Import dynamo before the process group exists. Imported later (the first optimizer
+        # does), it keeps references to the group, so destroy_process_group cannot free it; gloo's
+        # worker threads then outlive main() and can abort the process as Python shuts down
+        import torch._dynamo as dynamo  # noqa: F401 (`import torch._dynamo` would make torch a local)
         torch.distributed.init_process_group('nccl' if use_cuda else 'gloo',
                                              timeout=datetime.timedelta(seconds=DIST_TIMEOUT_SECONDS))
         seed = [args.seed]

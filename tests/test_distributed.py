@@ -7,18 +7,34 @@ import sys
 
 from conftest import DRIVER, ROOT, TINY_HYP, allow_ctrl_c, cli_command, quick_args
 
-# The driver, except that train() raises on the rank named by the environment
-FAILING_DRIVER = """
+# The driver (benchmarks/run_with_hyp.py), with code of a test's own before and after main()
+DRIVER_TEMPLATE = """
 import json, os, sys
 sys.path.insert(0, %r)
 from run_with_hyp import load_edited
 module = load_edited(sys.argv[1], json.loads(sys.argv[2]))
+%%s
+code = module.main(sys.argv[3:])
+%%s
+sys.exit(code)
+""" % os.path.dirname(DRIVER)
+
+# train() raises on the rank named by the environment
+FAILING_DRIVER = DRIVER_TEMPLATE % ("""
 def fail(*args, **kwargs):
     raise RuntimeError('injected failure')
 if os.environ['RANK'] == os.environ['FAIL_RANK']:
     module.train = fail
-sys.exit(module.main(sys.argv[3:]))
-""" % os.path.dirname(DRIVER)
+""", '')
+
+# Fails if gloo's threads outlive main(): they belong to a process group that
+# destroy_process_group could not free, and may abort the process as Python shuts down
+THREAD_CHECKING_DRIVER = DRIVER_TEMPLATE % ('', """
+threads = [open('/proc/self/task/%s/comm' % t).read().strip() for t in os.listdir('/proc/self/task')]
+if any('gloo' in t for t in threads):
+    print('threads left after main(): %s' % threads, file=sys.stderr)
+    code = code or 3
+""")
 
 
 def torchrun_command(driver, script, args, python_flags=()):
@@ -50,7 +66,7 @@ def log_in(folder):
 
 def test_torchrun_runs_equal_single_process_runs_to_the_bit(script, cifar_dir, tmp_path):
     args = ['--data-dir', cifar_dir, '--runs', '3', '--seed', '5'] + quick_args(script)
-    result = torchrun(tmp_path, script, args + ['--log-dir', 'logs_torchrun'])
+    result = torchrun(tmp_path, script, args + ['--log-dir', 'logs_torchrun'], driver_source=THREAD_CHECKING_DRIVER)
     assert result.returncode == 0, result.stderr
     single = subprocess.run(cli_command(script, args + ['--log-dir', 'logs_single'], TINY_HYP), cwd=str(tmp_path),
                             capture_output=True, text=True,
