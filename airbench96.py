@@ -98,6 +98,15 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
+def precision_policy(device):
+    """How data and network are stored on `device`, decided here and nowhere else: on CUDA fp16
+    and channels_last (tensor cores), with BatchNorm in fp32; elsewhere fp32 in the default layout.
+    Tests pass precision_policy('cuda') to run the CUDA configuration on a CPU."""
+    if torch.device(device).type == 'cuda':
+        return dict(dtype=torch.half, memory_format=torch.channels_last, batchnorm_dtype=torch.float)
+    return dict(dtype=torch.float, memory_format=torch.contiguous_format, batchnorm_dtype=torch.float)
+
+
 class DataError(Exception):
     """The dataset is missing, corrupt or malformed; the message says which file and what to do."""
 
@@ -268,18 +277,19 @@ def batch_cutout(images, size):
 class CifarLoader:
     """CIFAR-10 resident on one device as a single tensor, served in augmented batches.
 
-    `images` (N,3,32,32 in [0,1]; fp16 channels_last on CUDA, else fp32) and `labels` may be
-    replaced before iterating, e.g. by a subset, for data-selection experiments. Every
-    augmentation is a batched tensor op on one batch at a time, so the device holds the
-    dataset once plus a few batches.
+    `images` (N,3,32,32 in [0,1], stored as `policy` says: by default precision_policy(device))
+    and `labels` may be replaced before iterating, e.g. by a subset, for data-selection
+    experiments. Every augmentation is a batched tensor op on one batch at a time, so the
+    device holds the dataset once plus a few batches.
     """
 
-    def __init__(self, data_dir, train=True, batch_size=1024, aug=None, drop_last=None, shuffle=None, device=None):
+    def __init__(self, data_dir, train=True, batch_size=1024, aug=None, drop_last=None, shuffle=None, device=None,
+                 policy=None):
         data = load_cifar10(data_dir)
         split = 'train' if train else 'test'
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-        dtype = torch.half if self.device.type == 'cuda' else torch.float
-        memory_format = torch.channels_last if self.device.type == 'cuda' else torch.contiguous_format
+        self.policy = policy or precision_policy(self.device)
+        dtype, memory_format = self.policy['dtype'], self.policy['memory_format']
         # uint8 crosses to the device and converts there: less traffic, at most 1.5x the result in memory
         images = data[split + '_images'].contiguous(memory_format=memory_format).to(self.device)
         self.images = images.to(dtype).div_(255)
@@ -380,18 +390,17 @@ class Net(nn.Module):
         return self.head(self.pool(x).flatten(1)) * self.scaling_factor
 
 
-def make_net(hyp, device='cpu'):
-    """The network on `device`: fp16 and channels_last with fp32 BatchNorm on CUDA, fp32 elsewhere."""
+def make_net(hyp, device='cpu', policy=None):
+    """The network on `device`, stored as `policy` says (by default precision_policy(device))."""
+    policy = policy or precision_policy(device)
     net = Net(hyp)
     net.whiten.weight.requires_grad = False  # set from data by init_whitening_conv, then frozen
     net.whiten.bias.data.zero_()
-    device = torch.device(device)
-    if device.type == 'cuda':
-        net = net.to(device, torch.half, memory_format=torch.channels_last)
-        for module in net.modules():
-            if isinstance(module, BatchNorm):
-                module.float()
-    return net.to(device)
+    net = net.to(device, policy['dtype'], memory_format=policy['memory_format'])
+    for module in net.modules():
+        if isinstance(module, BatchNorm):
+            module.to(policy['batchnorm_dtype'])
+    return net
 
 #############################################
 #          Whitening initialization         #
@@ -568,10 +577,10 @@ def make_loss_fn(hyp):
     return nn.CrossEntropyLoss(label_smoothing=hyp['opt']['label_smoothing'], reduction='sum')
 
 
-def fresh_net(hyp, device):
+def fresh_net(hyp, device, policy):
     """A newly initialized network, and the callable that runs it: here the network itself
     (airbench94_compiled.py returns a compiled one)."""
-    net = make_net(hyp, device)
+    net = make_net(hyp, device, policy)
     return net, net
 
 
@@ -597,12 +606,15 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     opt = hyp['opt']
     if train_loader.batch_size != opt['batch_size'] or train_loader.aug != hyp['aug']:
         raise ValueError("train_loader must use hyp['opt']['batch_size'] and hyp['aug']")
+    if test_loader.policy != train_loader.policy:
+        raise ValueError('train_loader and test_loader must store images alike (policy %s vs %s)'
+                         % (train_loader.policy, test_loader.policy))
     if len(train_loader) == 0:
         raise ValueError('%d training images are fewer than one batch of %d' % (len(train_loader.images), opt['batch_size']))
     device = train_loader.images.device
     torch.manual_seed(seed)
     total_steps = total_train_steps(train_loader, hyp)
-    net, model = fresh_net(hyp, device)
+    net, model = fresh_net(hyp, device, train_loader.policy)
     optimizer = make_optimizer(net, hyp)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, hyp))
     loss_fn = make_loss_fn(hyp)

@@ -2,16 +2,14 @@
 import pytest
 import torch
 
-from conftest import edited_hyp, load_script, run_cli
+from conftest import edited_hyp, load_script, make_loaders, run_cli
 
 
 @pytest.fixture(scope='module')
 def setup(cifar_source):
     eager, compiled = load_script('airbench94.py'), load_script('airbench94_compiled.py')
     hyp = edited_hyp(eager)
-    loaders = {m: (m.CifarLoader(cifar_source, train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'],
-                                 device='cpu'), m.CifarLoader(cifar_source, train=False, batch_size=500, device='cpu'))
-               for m in (eager, compiled)}
+    loaders = {m: make_loaders(m, hyp, cifar_source) for m in (eager, compiled)}
     return eager, compiled, hyp, loaders
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import edited_hyp
+from conftest import edited_hyp, make_loaders
 
 
 @pytest.fixture
@@ -11,13 +11,8 @@ def tiny_hyp(module):
     return edited_hyp(module)
 
 
-def tiny_loaders(module, hyp, cifar_source):
-    train = module.CifarLoader(cifar_source, train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'], device='cpu')
-    return train, module.CifarLoader(cifar_source, train=False, batch_size=500, device='cpu')
-
-
 def test_train_learns_and_is_reproducible_from_its_seed(module, tiny_hyp, cifar_source):
-    train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
+    train_loader, test_loader = make_loaders(module, tiny_hyp, cifar_source)
     first = module.train(tiny_hyp, train_loader, test_loader, seed=3, verbose=False)
     second = module.train(tiny_hyp, train_loader, test_loader, seed=3, verbose=False)
     assert first['tta_val_acc'] > 0.5  # 10 classes: chance is 0.1
@@ -30,7 +25,7 @@ def test_train_learns_and_is_reproducible_from_its_seed(module, tiny_hyp, cifar_
 
 def test_whitening_bias_trains_only_for_its_epochs(module, tiny_hyp, cifar_source):
     tiny_hyp['opt']['whiten_bias_epochs'] = 1
-    train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
+    train_loader, test_loader = make_loaders(module, tiny_hyp, cifar_source)
     seen = []  # before every optimizer step: does the whitening bias have a gradient, and its value
 
     def record(optimizer, args, kwargs):
@@ -52,13 +47,13 @@ def test_whitening_bias_trains_only_for_its_epochs(module, tiny_hyp, cifar_sourc
 
 def test_divergence_raises_with_a_message(module, tiny_hyp, cifar_source):
     tiny_hyp['opt']['lr'] = 1e30
-    train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
+    train_loader, test_loader = make_loaders(module, tiny_hyp, cifar_source)
     with pytest.raises(module.TrainingDiverged, match='the training loss became (nan|inf)'):
         module.train(tiny_hyp, train_loader, test_loader, seed=0, verbose=False)
 
 
 def test_replacing_images_and_labels_trains_on_the_subset(module, tiny_hyp, cifar_source):
-    train_loader, test_loader = tiny_loaders(module, tiny_hyp, cifar_source)
+    train_loader, test_loader = make_loaders(module, tiny_hyp, cifar_source)
     keep = train_loader.labels < 5  # a data-selection experiment: half the classes
     train_loader.images, train_loader.labels = train_loader.images[keep], train_loader.labels[keep]
     result = module.train(tiny_hyp, train_loader, test_loader, seed=0, verbose=False)
@@ -67,6 +62,6 @@ def test_replacing_images_and_labels_trains_on_the_subset(module, tiny_hyp, cifa
 
 
 def test_train_refuses_a_loader_that_disagrees_with_hyp(module, tiny_hyp, cifar_source):
-    train_loader, test_loader = tiny_loaders(module, module.hyp, cifar_source)
+    train_loader, test_loader = make_loaders(module, module.hyp, cifar_source)
     with pytest.raises(ValueError, match="batch_size'\\] and hyp\\['aug'\\]"):
         module.train(tiny_hyp, train_loader, test_loader, verbose=False)
