@@ -567,7 +567,10 @@ def total_train_steps(train_loader, hyp):
 
 
 def make_loss_fn(hyp):
-    return nn.CrossEntropyLoss(label_smoothing=hyp['opt']['label_smoothing'], reduction='sum')
+    """Label-smoothed cross-entropy summed over the batch, in float32 whatever the logits' dtype:
+    an fp16 sum overflows its range (65504) once the mean loss of a 1024-batch passes 64."""
+    smoothing = hyp['opt']['label_smoothing']
+    return lambda logits, labels: F.cross_entropy(logits.float(), labels, label_smoothing=smoothing, reduction='sum')
 
 
 def fresh_net(hyp, device, policy):

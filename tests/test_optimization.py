@@ -68,3 +68,14 @@ def test_loss_is_label_smoothed_cross_entropy_summed_over_the_batch(module):
     log_probs = logits.log_softmax(1)
     expected = -((1 - eps) * log_probs[torch.arange(64), labels] + eps * log_probs.mean(1)).sum()
     assert torch.allclose(module.make_loss_fn(module.hyp)(logits, labels), expected, atol=1e-4)
+
+
+def test_loss_stays_finite_where_an_fp16_sum_overflows(module):
+    labels = torch.arange(1024) % 10
+    logits = torch.zeros(1024, 10)
+    logits[torch.arange(1024), (labels + 1) % 10] = 100.0  # confidently wrong: about 98 per example
+    expected = torch.nn.functional.cross_entropy(logits.double(), labels, label_smoothing=0.2, reduction='sum')
+    assert expected > 65504  # more than fp16 can hold
+    loss = module.make_loss_fn(module.hyp)(logits.half(), labels)
+    assert torch.isfinite(loss), 'the summed loss overflowed to %s' % loss
+    assert loss.dtype == torch.float and loss.item() == pytest.approx(expected.item(), rel=1e-4)
