@@ -516,6 +516,9 @@ def infer(net, loader, tta_level=0):
     """Logits for every image of `loader`, in order, averaged over the test-time views:
     level 0 the image; 1 the image and its mirror; 2 also both of those shifted one pixel
     up-left and down-right (weights 1/4 for the two plain views, 1/8 for the four shifted)."""
+    def plain(x):
+        return net(x).clone()  # compiled, the net may reuse its output memory (CUDA graphs) on the next call
+
     def mirror(x):
         return 0.5 * net(x) + 0.5 * net(x.flip(-1))
 
@@ -525,7 +528,7 @@ def infer(net, loader, tta_level=0):
         shifted = 0.5 * mirror(padded[:, :, :h, :w]) + 0.5 * mirror(padded[:, :, 2:, 2:])
         return 0.5 * mirror(x) + 0.5 * shifted
 
-    views = [net, mirror, mirror_translate][tta_level]
+    views = [plain, mirror, mirror_translate][tta_level]
     net.eval()
     with torch.no_grad():
         return torch.cat([views(loader.normalize(x)) for x in loader.images.split(loader.batch_size)])

@@ -90,20 +90,33 @@ def cifar_dir(cifar_source, tmp_path):
     return str(data_dir)
 
 
-def make_loaders(module, hyp, cifar_source, policy=None, train_images=None):
+def make_loaders(module, hyp, cifar_source, policy=None, train_images=None, test_batch_size=500):
     """(train, test) loaders over the small dataset on the CPU with hyp's batch size and aug, the
     data stored as `policy` says (default: the CPU's), the training set cut to `train_images`."""
     train = module.CifarLoader(cifar_source, train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'],
                                device='cpu', policy=policy)
     train.images, train.labels = train.images[:train_images], train.labels[:train_images]
-    return train, module.CifarLoader(cifar_source, train=False, batch_size=500, device='cpu', policy=policy)
+    return train, module.CifarLoader(cifar_source, train=False, batch_size=test_batch_size, device='cpu', policy=policy)
 
 
 # A configuration small enough to train under the CUDA precision policy on a CPU, whose fp16
 # conv backward has no fast kernel (about 100x slower than fp32): 8 steps of 32 per epoch
 SMALL_HYP = [['opt.batch_size', 32], ['opt.train_epochs', 2.5],
              ['net.widths', {'block1': 8, 'block2': 16, 'block3': 16}], ['net.whiten_images', 256]]
-SMALL_TRAIN_IMAGES = 256
+
+
+def small_loaders(module, hyp, cifar_source, policy=None):
+    """Loaders for SMALL_HYP: 256 training images, and two evaluation batches (so that a model
+    output kept across calls shows)."""
+    return make_loaders(module, hyp, cifar_source, policy, train_images=256, test_batch_size=250)
+
+
+@functools.lru_cache(maxsize=None)
+def small_fp32_run(script, cifar_source):
+    """train() of SMALL_HYP from seed 0 in float32, once per script and session."""
+    module = load_script(script)
+    hyp = edited_hyp(module, SMALL_HYP)
+    return module.train(hyp, *small_loaders(module, hyp, cifar_source), seed=0, verbose=False)
 
 
 @pytest.fixture

@@ -1,0 +1,57 @@
+"""CUDA-graph output reuse, emulated on the CPU: evaluation and training must not keep a model
+output across calls.
+
+Compiled with mode='max-autotune' on CUDA, the net runs as CUDA graphs: an output is valid only
+until the next call, which writes into the same memory. ReusedOutputs gives any model that
+behaviour on the CPU (the previous output turns to NaN at every call), so code that keeps an
+output too long gives different results here, as it would crash or silently read the wrong
+batch on a GPU.
+"""
+import pytest
+import torch
+from torch import nn
+
+from conftest import SMALL_HYP, edited_hyp, make_loaders, small_fp32_run, small_loaders
+
+
+class ReusedOutputs(nn.Module):
+    """`model`, whose every call overwrites the output of the previous one (here with NaN)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.last_output = None
+
+    def forward(self, x):
+        if self.last_output is not None:
+            with torch.no_grad():
+                self.last_output.fill_(float('nan'))
+        self.last_output = self.model(x)
+        return self.last_output
+
+
+@pytest.mark.parametrize('tta_level', [0, 1, 2])
+def test_infer_and_evaluate_keep_no_output_across_calls(module, cifar_source, tta_level):
+    hyp = edited_hyp(module, SMALL_HYP)
+    _, test_loader = make_loaders(module, hyp, cifar_source, test_batch_size=200)  # the last batch partial
+    torch.manual_seed(0)
+    net = module.make_net(hyp)
+    expected = module.infer(net, test_loader, tta_level)
+    assert torch.equal(module.infer(ReusedOutputs(net), test_loader, tta_level), expected)
+    assert module.evaluate(ReusedOutputs(net), test_loader, tta_level) == module.evaluate(net, test_loader, tta_level)
+
+
+def test_train_keeps_no_output_across_calls(script, module, cifar_source, monkeypatch):
+    expected = small_fp32_run(script, cifar_source)  # the same run with the plain model
+    fresh_net = module.fresh_net
+
+    def fresh_net_reusing_outputs(*args):
+        net, model = fresh_net(*args)
+        return net, ReusedOutputs(model)
+    monkeypatch.setattr(module, 'fresh_net', fresh_net_reusing_outputs)
+    hyp = edited_hyp(module, SMALL_HYP)
+    result = module.train(hyp, *small_loaders(module, hyp, cifar_source), seed=0, verbose=False)
+    untimed = [[{k: v for k, v in row.items() if k != 'time_seconds'} for row in r['epochs']] for r in (result, expected)]
+    assert untimed[0] == untimed[1] and result['tta_val_acc'] == expected['tta_val_acc']
+    for a, b in zip(result['net'].state_dict().values(), expected['net'].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
