@@ -424,13 +424,13 @@ class LookaheadState:
     """An EMA of every floating-point entry of the state dict (weights, biases, BN statistics)."""
 
     def __init__(self, net):
-        self.pairs = [(v.clone(), v) for v in net.state_dict().values() if v.is_floating_point()]
+        self.params = [v for v in net.state_dict().values() if v.is_floating_point()]  # share the net's memory
+        self.ema = [v.clone() for v in self.params]
 
-    def update(self, net, decay):
-        # ema <- ema + (1 - decay) * (param - ema), then param <- ema
-        for ema, param in self.pairs:
-            ema.lerp_(param, 1 - decay)
-            param.copy_(ema)
+    def update(self, decay):
+        # ema <- ema + (1 - decay) * (param - ema), then param <- ema: two batched kernels, not two per tensor
+        torch._foreach_lerp_(self.ema, self.params, 1 - decay)
+        torch._foreach_copy_(self.params, self.ema)
 
 
 def lookahead_decay(step, total_steps, hyp):
@@ -659,9 +659,9 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
             scheduler.step()
             step += 1
             if step % hyp['lookahead']['every_steps'] == 0:
-                lookahead.update(net, decay=lookahead_decay(step, total_steps, hyp))
+                lookahead.update(decay=lookahead_decay(step, total_steps, hyp))
             if step == total_steps:
-                lookahead.update(net, decay=1.0)  # params <- ema
+                lookahead.update(decay=1.0)  # params <- ema
                 break
         time_seconds += device_clock(device) - start
 

@@ -52,11 +52,11 @@ def test_lookahead_update_moves_every_float_entry_towards_ema_and_resets(module)
     for value in net.state_dict().values():  # weights, biases and BatchNorm statistics alike
         if value.is_floating_point():
             value.add_(1.0)
-    state.update(net, decay=0.75)
+    state.update(decay=0.75)
     for key, value in net.state_dict().items():
         if value.is_floating_point():  # ema = 0.75 * old + 0.25 * new, and params reset to it
             assert torch.allclose(value, before[key] + 0.25, atol=1e-6), key
-    state.update(net, decay=1.0)  # params <- ema, unchanged
+    state.update(decay=1.0)  # params <- ema, unchanged
     assert all(torch.allclose(v, before[k] + 0.25, atol=1e-6) for k, v in net.state_dict().items() if v.is_floating_point())
 
 
