@@ -551,7 +551,8 @@ def make_optimizer(net, hyp):
     others = [p for p in net.parameters() if p.requires_grad and all(p is not b for b in norm_biases)]
     param_groups = [dict(params=norm_biases, lr=lr_biases, weight_decay=decay / lr_biases),
                     dict(params=others, lr=lr, weight_decay=decay / lr)]
-    return torch.optim.SGD(param_groups, momentum=opt['momentum'], nesterov=True)
+    # foreach: the batched update PyTorch picks on CUDA by default, asked for so every device runs it
+    return torch.optim.SGD(param_groups, momentum=opt['momentum'], nesterov=True, foreach=True)
 
 
 def lr_multiplier(step, total_steps, hyp):
