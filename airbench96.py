@@ -318,7 +318,9 @@ class CifarLoader:
             images = batch_translate(images, self.aug['translate'])
         if self.aug.get('cutout', 0) > 0:
             images = batch_cutout(images, self.aug['cutout'])
-        return images
+        # The conv's layout, asked for explicitly: out-of-place masked_fill (and, on CUDA, reflect
+        # padding) return NCHW, which every conv would convert again; a no-op when already so
+        return images.contiguous(memory_format=self.policy['memory_format'])
 
     def __iter__(self):
         # Alternating flip: a coin per image in epoch 0, then every odd epoch shows the other
@@ -517,16 +519,19 @@ def infer(net, loader, tta_level=0):
     """Logits for every image of `loader`, in order, averaged over the test-time views:
     level 0 the image; 1 the image and its mirror; 2 also both of those shifted one pixel
     up-left and down-right (weights 1/4 for the two plain views, 1/8 for the four shifted)."""
+    def conv_layout(x):  # flips and reflect padding may return another layout than the net's
+        return x.contiguous(memory_format=loader.policy['memory_format'])
+
     def plain(x):
         return net(x).clone()  # compiled, the net may reuse its output memory (CUDA graphs) on the next call
 
     def mirror(x):
-        return 0.5 * net(x) + 0.5 * net(x.flip(-1))
+        return 0.5 * net(x) + 0.5 * net(conv_layout(x.flip(-1)))
 
     def mirror_translate(x):
         h, w = x.shape[-2:]
         padded = F.pad(x, (1,) * 4, mode='reflect')
-        shifted = 0.5 * mirror(padded[:, :, :h, :w]) + 0.5 * mirror(padded[:, :, 2:, 2:])
+        shifted = 0.5 * mirror(conv_layout(padded[:, :, :h, :w])) + 0.5 * mirror(conv_layout(padded[:, :, 2:, 2:]))
         return 0.5 * mirror(x) + 0.5 * shifted
 
     views = [plain, mirror, mirror_translate][tta_level]

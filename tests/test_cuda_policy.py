@@ -1,9 +1,17 @@
-"""The precision policy: one function decides how each device stores the data and the network,
-so that tests can ask for the CUDA configuration on a CPU."""
+"""The CUDA configuration, run on the CPU: fp16 channels_last data and net with fp32 BatchNorm and
+a float32 loss.
+
+torch's CPU runs fp16 convs, channels_last and BatchNorm with fp16 input and fp32 parameters,
+so train() can run exactly the precision policy it uses on CUDA (precision_policy('cuda')).
+Only its speed differs: the CPU has no fast fp16 conv backward, hence conftest's SMALL_HYP.
+"""
+import math
+
 import pytest
 import torch
+from torch import nn
 
-from conftest import SMALL_HYP, edited_hyp, make_loaders
+from conftest import SCRIPTS, SMALL_HYP, edited_hyp, load_script, make_loaders, small_fp32_run, small_loaders
 
 
 def test_one_function_decides_how_each_device_stores_data_and_net(module, cifar_source):
@@ -24,3 +32,64 @@ def test_train_refuses_loaders_stored_differently(module, cifar_source):
     _, test_loader = make_loaders(module, hyp, cifar_source, module.precision_policy('cuda'))
     with pytest.raises(ValueError, match='train_loader and test_loader must store images alike'):
         module.train(hyp, train_loader, test_loader, verbose=False)
+
+
+@pytest.fixture(scope='session', params=SCRIPTS)
+def policy_runs(request, cifar_source):
+    """One small training run per script in fp32 and one under the CUDA policy, the latter with
+    the layout of every conv input and its lookahead state recorded."""
+    module = load_script(request.param)
+    hyp = edited_hyp(module, SMALL_HYP)
+    runs = {'fp32': small_fp32_run(request.param, cifar_source)}
+    conv_inputs, lookaheads = [], []
+
+    def record_layout(layer, args):
+        if isinstance(layer, nn.Conv2d):
+            conv_inputs.append(args[0].is_contiguous(memory_format=torch.channels_last))
+
+    class RecordedLookahead(module.LookaheadState):
+        def __init__(self, net):
+            super().__init__(net)
+            lookaheads.append(self)
+
+    loaders = small_loaders(module, hyp, cifar_source, module.precision_policy('cuda'))
+    handle = nn.modules.module.register_module_forward_pre_hook(record_layout)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, 'LookaheadState', RecordedLookahead)
+            runs['cuda'] = module.train(hyp, *loaders, seed=0, verbose=False)
+    finally:
+        handle.remove()
+    return dict(runs, conv_inputs=conv_inputs, lookaheads=lookaheads)
+
+
+def test_cuda_policy_trains_about_as_well_as_fp32(policy_runs):
+    fp32, cuda = policy_runs['fp32'], policy_runs['cuda']
+    assert all(math.isfinite(row['train_loss']) for row in cuda['epochs'])
+    assert cuda['tta_val_acc'] > 0.25  # 10 classes: chance is 0.1
+    assert abs(cuda['tta_val_acc'] - fp32['tta_val_acc']) <= 0.05
+
+
+def test_cuda_policy_keeps_convs_fp16_channels_last_and_batchnorm_fp32(policy_runs):
+    net = policy_runs['cuda']['net']
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(convs) >= 7 and len(norms) >= 6
+    for conv in convs:
+        assert conv.weight.dtype == torch.half and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for norm in norms:
+        floats = [t for t in list(norm.parameters()) + list(norm.buffers()) if t.is_floating_point()]
+        assert len(floats) == 4 and all(t.dtype == torch.float for t in floats)
+
+
+def test_lookahead_ema_has_the_dtype_and_layout_of_what_it_averages(policy_runs):
+    lookahead, = policy_runs['lookaheads']
+    assert {p.dtype for p in lookahead.params} == {torch.half, torch.float}
+    for ema, param in zip(lookahead.ema, lookahead.params, strict=True):
+        assert ema.dtype == param.dtype and ema.stride() == param.stride()
+
+
+def test_every_conv_input_is_channels_last(policy_runs):
+    layouts = policy_runs['conv_inputs']
+    assert len(layouts) > 100  # training steps and evaluation views alike
+    assert all(layouts), '%d of %d conv inputs were not channels_last' % (layouts.count(False), len(layouts))
