@@ -1,5 +1,5 @@
-"""The CUDA configuration, run on the CPU: fp16 channels_last data and net with fp32 BatchNorm and
-a float32 loss.
+"""The CUDA configuration, run on the CPU: fp16 channels_last data and net with fp32 BatchNorm,
+a float32 loss, and no host sync in the training steps.
 
 torch's CPU runs fp16 convs, channels_last and BatchNorm with fp16 input and fp32 parameters,
 so train() can run exactly the precision policy it uses on CUDA (precision_policy('cuda')).
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from conftest import SCRIPTS, SMALL_HYP, edited_hyp, load_script, make_loaders, small_fp32_run, small_loaders
+from op_counting import SYNC_OPS, recording_by_clock
 
 
 def test_one_function_decides_how_each_device_stores_data_and_net(module, cifar_source):
@@ -37,7 +38,7 @@ def test_train_refuses_loaders_stored_differently(module, cifar_source):
 @pytest.fixture(scope='session', params=SCRIPTS)
 def policy_runs(request, cifar_source):
     """One small training run per script in fp32 and one under the CUDA policy, the latter with
-    the layout of every conv input and its lookahead state recorded."""
+    the layout of every conv input, its lookahead state and its ops by timed span recorded."""
     module = load_script(request.param)
     hyp = edited_hyp(module, SMALL_HYP)
     runs = {'fp32': small_fp32_run(request.param, cifar_source)}
@@ -55,12 +56,13 @@ def policy_runs(request, cifar_source):
     loaders = small_loaders(module, hyp, cifar_source, module.precision_policy('cuda'))
     handle = nn.modules.module.register_module_forward_pre_hook(record_layout)
     try:
-        with pytest.MonkeyPatch.context() as patch:
+        with pytest.MonkeyPatch.context() as patch, recording_by_clock(module) as recorder:
             patch.setattr(module, 'LookaheadState', RecordedLookahead)
             runs['cuda'] = module.train(hyp, *loaders, seed=0, verbose=False)
     finally:
         handle.remove()
-    return dict(runs, conv_inputs=conv_inputs, lookaheads=lookaheads)
+    return dict(runs, conv_inputs=conv_inputs, lookaheads=lookaheads, timed_ops=recorder.timed_segments(),
+                epochs=math.ceil(hyp['opt']['train_epochs']))
 
 
 def test_cuda_policy_trains_about_as_well_as_fp32(policy_runs):
@@ -93,3 +95,12 @@ def test_every_conv_input_is_channels_last(policy_runs):
     layouts = policy_runs['conv_inputs']
     assert len(layouts) > 100  # training steps and evaluation views alike
     assert all(layouts), '%d of %d conv inputs were not channels_last' % (layouts.count(False), len(layouts))
+
+
+def test_training_steps_make_no_host_sync(policy_runs):
+    whitening, *epochs, tta = policy_runs['timed_ops']
+    assert len(epochs) == policy_runs['epochs'] and all(epochs)
+    for epoch, ops in enumerate(epochs, 1):
+        synced = sorted(SYNC_OPS.intersection(ops))
+        assert synced == [], 'epoch %d of the steps syncs the host: %s' % (epoch, synced)
+    assert 'aten._local_scalar_dense' in tta  # the recording sees syncs: evaluate() ends in .item()

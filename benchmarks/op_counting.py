@@ -1,0 +1,52 @@
+"""The ATen ops a training run dispatches, split by the script's own clock: a CPU view of the GPU path.
+
+Every op that reaches ATen passes through a TorchDispatchMode, on any device. On CUDA each
+such op is about one kernel launch, and a few of them (SYNC_OPS) make the host wait for the
+device. The scripts call `device_clock(device)` at both ends of every timed span (whitening
+init, each epoch's training steps, the final TTA), so patching it to start a new segment
+splits the recorded ops by span: `timed_segments()` returns them in order. Used by the tests
+(no host sync in the step loop) and by benchmarks/ops_per_step.py.
+"""
+import contextlib
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# Ops that copy a value to the host, or whose output size depends on the data (GPU.md section 5)
+SYNC_OPS = frozenset(['aten._local_scalar_dense', 'aten.nonzero', 'aten.masked_select', 'aten.is_nonzero',
+                      'aten.equal'])
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the name of every dispatched op ('aten.convolution', ...) into the current segment."""
+
+    def __init__(self):
+        super().__init__()
+        self.segments = [[]]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.segments[-1].append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+    def new_segment(self):
+        self.segments.append([])
+
+    def timed_segments(self):
+        """The segments between a clock start and its stop: [whitening, epoch 1, ..., TTA] for train()."""
+        return self.segments[1::2]
+
+
+@contextlib.contextmanager
+def recording_by_clock(module):
+    """Record every op while the block runs, in a new segment at every call of module.device_clock."""
+    recorder, clock = OpRecorder(), module.device_clock
+
+    def clock_and_mark(device):
+        seconds = clock(device)
+        recorder.new_segment()
+        return seconds
+    module.device_clock = clock_and_mark
+    try:
+        with recorder:
+            yield recorder
+    finally:
+        module.device_clock = clock
