@@ -617,6 +617,8 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     if len(train_loader) == 0:
         raise ValueError('%d training images are fewer than one batch of %d' % (len(train_loader.images), opt['batch_size']))
     device = train_loader.images.device
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # time the conv algorithms per shape; the warm-up pays the search
     torch.manual_seed(seed)
     total_steps = total_train_steps(train_loader, hyp)
     net, model = fresh_net(hyp, device, train_loader.policy)
