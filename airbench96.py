@@ -255,12 +255,11 @@ def batch_translate(images, pixels):
     """Shift each image by up to `pixels` per axis: a random crop of its reflect-padded self."""
     n, _, h, w = images.shape  # N, C, H, W
     padded = F.pad(images, (pixels,) * 4, mode='reflect')
-    shifts = torch.randint(0, 2 * pixels + 1, (2, n, 1), device=images.device)
-    rows = shifts[0] + torch.arange(h, device=images.device)  # N, H
-    cols = shifts[1] + torch.arange(w, device=images.device)  # N, W
-    index = torch.arange(n, device=images.device).view(n, 1, 1)
-    # One gather, no host sync; the result N,H,W,C permuted back is already channels_last
-    return padded[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    # Every crop of every image as a view (N, row shift, column shift, H, W, C), then one gather
+    # picks each image's own: four kernels in all, and no host sync
+    crops = padded.unfold(2, h, 1).unfold(3, w, 1).permute(0, 2, 3, 4, 5, 1)
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n), device=images.device)
+    return crops[torch.arange(n, device=images.device), dy, dx].permute(0, 3, 1, 2)
 
 
 def batch_cutout(images, size):
@@ -327,14 +326,15 @@ class CifarLoader:
         # orientation, so each two consecutive epochs hold every (image, orientation) once.
         if self.epoch == 0:
             self.first_flips = torch.rand(len(self.images), device=self.device) < 0.5
-        flips = self.first_flips ^ (self.epoch % 2 == 1) if self.aug.get('flip') else None
-        self.epoch += 1
         n = len(self.images)
         order = torch.randperm(n, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
+        # This epoch's orientations in batch order, once per epoch rather than once per batch
+        flips = (self.first_flips ^ (self.epoch % 2 == 1))[order] if self.aug.get('flip') else None
+        self.epoch += 1
         for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            images = self.normalize(self.images[index])
-            yield self.augment(images, flips[index] if flips is not None else None), self.labels[index]
+            batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            images = self.normalize(self.images[order[batch]])
+            yield self.augment(images, flips[batch] if flips is not None else None), self.labels[order[batch]]
 
 #############################################
 #                 Network                   #
