@@ -258,7 +258,7 @@ def batch_translate(images, pixels):
     n, _, h, w = images.shape  # N, C, H, W
     padded = F.pad(images, (pixels,) * 4, mode='reflect')
     # Every crop of every image as a view (N, row shift, column shift, H, W, C), then one gather
-    # picks each image's own: four kernels in all, and no host sync
+    # picks each image's own: no loop over shifts, no host sync
     crops = padded.unfold(2, h, 1).unfold(3, w, 1).permute(0, 2, 3, 4, 5, 1)
     dy, dx = torch.randint(0, 2 * pixels + 1, (2, n), device=images.device)
     return crops[torch.arange(n, device=images.device), dy, dx].permute(0, 3, 1, 2)

@@ -17,15 +17,24 @@ SYNC_OPS = frozenset(['aten._local_scalar_dense', 'aten.nonzero', 'aten.masked_s
 
 
 class OpRecorder(TorchDispatchMode):
-    """Records the name of every dispatched op ('aten.convolution', ...) into the current segment."""
+    """Records the name of every dispatched op ('aten.convolution', ...) into the current segment,
+    and which of them are views (an aliasing output: no kernel on any device)."""
 
     def __init__(self):
         super().__init__()
         self.segments = [[]]
+        self.views = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.segments[-1].append(str(func.overloadpacket))
+        name = str(func.overloadpacket)
+        self.segments[-1].append(name)
+        if func.is_view:
+            self.views.add(name)
         return func(*args, **(kwargs or {}))
+
+    def launching(self, ops):
+        """The ops that can launch a kernel: not views, not the profiler's record_function markers."""
+        return [op for op in ops if op not in self.views and not op.startswith('profiler.')]
 
     def new_segment(self):
         self.segments.append([])
