@@ -7,8 +7,10 @@ import sys
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import ROOT, SCRIPTS, load_script
+from conftest import ROOT, SCRIPTS, load_script, make_loaders
+from run_with_hyp import load_edited
 import gpu_check
 
 RESULTS = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
@@ -80,6 +82,26 @@ def test_smoke_entry_has_a_profile_row_and_epoch_times_per_script(smoke):
         assert float(share.rstrip('%')) > 0
         per_epoch = field(entry, r'^- seconds per epoch, %s: (\S+), (\S+)$' % re.escape(script))
         assert sum(map(float, per_epoch)) == pytest.approx(float(training_seconds), abs=0.003)
+
+
+def test_counted_flops_are_the_training_steps_the_tta_and_the_whitening_init(cifar_source):
+    """What timed_flops counts for a script without a SPEC.md figure is what those figures count:
+    forward and backward of every training step and the final TTA (plus the small whitening init),
+    not the per-epoch progress evaluations."""
+    module = load_edited('airbench94.py', gpu_check.SMOKE_HYP, name='airbench94_flops')
+    train_loader, test_loader = make_loaders(module, module.hyp, cifar_source)
+    counted = gpu_check.timed_flops(module, (train_loader, test_loader))
+    net = module.make_net(module.hyp)
+    inputs, labels = next(iter(train_loader))
+    with FlopCounterMode(display=False) as step:
+        module.make_loss_fn(module.hyp)(net(inputs), labels).backward()
+    with FlopCounterMode(display=False) as tta:
+        module.evaluate(net, test_loader, module.hyp['net']['tta_level'])
+    with FlopCounterMode(display=False) as whitening:
+        module.init_whitening_conv(net.whiten, train_loader.images[:module.hyp['net']['whiten_images']],
+                                   module.hyp['net']['whiten_eps'])
+    steps = module.total_train_steps(train_loader, module.hyp)
+    assert counted == steps * step.get_total_flops() + tta.get_total_flops() + whitening.get_total_flops()
 
 
 @pytest.mark.parametrize('argv, message', [
