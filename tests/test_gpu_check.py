@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import ROOT, SCRIPTS, load_script, make_loaders
+from conftest import ROOT, SCRIPTS, load_script, small_loaders
 from run_with_hyp import load_edited
 import gpu_check
 
@@ -89,7 +89,7 @@ def test_counted_flops_are_the_training_steps_the_tta_and_the_whitening_init(cif
     forward and backward of every training step and the final TTA (plus the small whitening init),
     not the per-epoch progress evaluations."""
     module = load_edited('airbench94.py', gpu_check.SMOKE_HYP, name='airbench94_flops')
-    train_loader, test_loader = make_loaders(module, module.hyp, cifar_source)
+    train_loader, test_loader = small_loaders(module, module.hyp, cifar_source)  # 3 steps, 2 evaluation batches
     counted = gpu_check.timed_flops(module, (train_loader, test_loader))
     net = module.make_net(module.hyp)
     inputs, labels = next(iter(train_loader))
