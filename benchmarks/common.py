@@ -1,9 +1,11 @@
 """What the benchmark drivers share: real images on disk, the hyp-editing driver, the machine, RESULTS.md."""
+import glob
 import json
 import os
 import platform
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -14,11 +16,12 @@ RESULTS = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
 DRIVER = os.path.join(ROOT, 'benchmarks', 'run_with_hyp.py')  # runs a script's CLI with hyp edits
 
 
-def write_real_images(data_dir, limit_train=None, limit_test=None):
-    """The shared JPEG-re-encoded CIFAR-10 in the official on-disk format, written once."""
+def write_real_images(data_dir, limit_train=None, limit_test=None, shared_data=SHARED_DATA):
+    """The shared JPEG-re-encoded CIFAR-10 (cifar10-jpeg.tar.gz and make_cifar10_batches.py in
+    `shared_data`) in the official on-disk format, written once."""
     if not os.path.isdir(os.path.join(data_dir, 'cifar-10-batches-py')):
         limits = [] if limit_train is None else ['--limit-train', str(limit_train), '--limit-test', str(limit_test)]
-        subprocess.run([sys.executable, os.path.join(SHARED_DATA, 'make_cifar10_batches.py'), data_dir] + limits,
+        subprocess.run([sys.executable, os.path.join(shared_data, 'make_cifar10_batches.py'), data_dir] + limits,
                        check=True)
 
 
@@ -27,6 +30,23 @@ def script_command(script, hyp_edits, cli, python=(sys.executable,)):
     if hyp_edits:
         return [*python, DRIVER, script, json.dumps(hyp_edits), *cli]
     return [*python, os.path.join(ROOT, script), *cli]
+
+
+def run_logged(script, hyp_edits, cli, log_dir):
+    """Run a script's CLI (`cli` holds --log-dir log_dir) with its output on the console; returns
+    (exit code, wall seconds, the path of the log it wrote or None)."""
+    before = set(glob.glob(os.path.join(log_dir, '*.json')))
+    start = time.time()
+    returncode = subprocess.run(script_command(script, hyp_edits, cli), cwd=ROOT).returncode
+    wall_seconds = time.time() - start
+    new_logs = [path for path in sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
+                if is_log_of(path, script, cli)]  # other benchmarks may log here meanwhile
+    return returncode, wall_seconds, new_logs[0] if len(new_logs) == 1 else None
+
+
+def is_log_of(path, script, cli):
+    log = json.load(open(path))
+    return log['script'] == os.path.basename(script) and log['argv'] == cli
 
 
 def parse_setting(text):
@@ -44,7 +64,9 @@ def machine_description(device='cpu'):
     return '%s, %d cores available, %d torch threads' % (model, len(os.sched_getaffinity(0)), torch.get_num_threads())
 
 
-def append_result(lines):
-    with open(RESULTS, 'a') as f:
-        f.write('\n'.join(lines) + '\n\n')
+def append_result(lines, path=RESULTS):
+    """Print an entry and append it to `path` (None: print only)."""
+    if path:
+        with open(path, 'a') as f:
+            f.write('\n'.join(lines) + '\n\n')
     print('\n'.join(lines))

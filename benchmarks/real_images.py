@@ -11,15 +11,13 @@ version, n, per-run accuracy and time, wall time) to benchmarks/RESULTS.md.
 recorded with the result. On these images the published 94% method reaches about 90.8%.
 """
 import argparse
-import glob
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
-from common import ROOT, append_result, machine_description, parse_setting, script_command, write_real_images
+from common import ROOT, append_result, machine_description, parse_setting, run_logged, script_command, write_real_images
 
 
 def main():
@@ -45,20 +43,10 @@ def main():
            '--log-dir', log_dir]
     if args.device == 'cpu' and 'compiled' not in args.script:
         cli.append('--no-warmup')  # on CPU the warm-up warms nothing
-    before = set(glob.glob(os.path.join(log_dir, '*.json')))
-    start = time.time()
-    returncode = subprocess.run(script_command(args.script, args.set, cli), cwd=ROOT).returncode
-    wall_seconds = time.time() - start
-    new_logs = [path for path in sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
-                if is_log_of(path, args.script, cli)]  # other benchmarks may log here meanwhile
-    if returncode != 0 or len(new_logs) != 1:
-        sys.exit('benchmark failed: exit code %d, %d new logs' % (returncode, len(new_logs)))
-    record(args, json.load(open(new_logs[0])), new_logs[0], cli, wall_seconds)
-
-
-def is_log_of(path, script, cli):
-    log = json.load(open(path))
-    return log['script'] == os.path.basename(script) and log['argv'] == cli
+    returncode, wall_seconds, log_path = run_logged(args.script, args.set, cli, log_dir)
+    if returncode != 0 or log_path is None:
+        sys.exit('benchmark failed: exit code %d, %s' % (returncode, 'its log: %s' % log_path if log_path else 'no log'))
+    record(args, json.load(open(log_path)), log_path, cli, wall_seconds)
 
 
 def record(args, log, log_path, cli, wall_seconds):

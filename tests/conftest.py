@@ -1,4 +1,5 @@
 """Fixtures shared by the tests: the scripts, small data in the official format, a CLI runner."""
+import contextlib
 import copy
 import functools
 import glob
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -90,13 +92,13 @@ def cifar_dir(cifar_source, tmp_path):
     return str(data_dir)
 
 
-def make_loaders(module, hyp, cifar_source, policy=None, train_images=None, test_batch_size=500):
-    """(train, test) loaders over the small dataset on the CPU with hyp's batch size and aug, the
-    data stored as `policy` says (default: the CPU's), the training set cut to `train_images`."""
+def make_loaders(module, hyp, cifar_source, policy=None, train_images=None, test_batch_size=500, device='cpu'):
+    """(train, test) loaders over the small dataset on `device` with hyp's batch size and aug, the
+    data stored as `policy` says (default: the device's), the training set cut to `train_images`."""
     train = module.CifarLoader(cifar_source, train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'],
-                               device='cpu', policy=policy)
+                               device=device, policy=policy)
     train.images, train.labels = train.images[:train_images], train.labels[:train_images]
-    return train, module.CifarLoader(cifar_source, train=False, batch_size=test_batch_size, device='cpu', policy=policy)
+    return train, module.CifarLoader(cifar_source, train=False, batch_size=test_batch_size, device=device, policy=policy)
 
 
 # A configuration small enough to train under the CUDA precision policy on a CPU, whose fp16
@@ -117,6 +119,39 @@ def small_fp32_run(script, cifar_source):
     module = load_script(script)
     hyp = edited_hyp(module, SMALL_HYP)
     return module.train(hyp, *small_loaders(module, hyp, cifar_source), seed=0, verbose=False)
+
+
+def assert_cuda_storage(net):
+    """The net is stored as precision_policy('cuda') says: conv weights fp16 and channels_last,
+    every BatchNorm parameter and buffer fp32."""
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) >= 7 and len(norms) >= 6
+    for conv in convs:
+        assert conv.weight.dtype == torch.half and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for norm in norms:
+        floats = [t for t in list(norm.parameters()) + list(norm.buffers()) if t.is_floating_point()]
+        assert len(floats) == 4 and all(t.dtype == torch.float for t in floats)
+
+
+@contextlib.contextmanager
+def conv_input_layouts():
+    """While the block runs, records for every conv call whether its input was channels_last."""
+    layouts = []
+
+    def record_layout(layer, args):
+        if isinstance(layer, torch.nn.Conv2d):
+            layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record_layout)
+    try:
+        yield layouts
+    finally:
+        handle.remove()
+
+
+def assert_all_channels_last(layouts):
+    assert len(layouts) > 100  # training steps and evaluation views alike
+    assert all(layouts), '%d of %d conv inputs were not channels_last' % (layouts.count(False), len(layouts))
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
-from conftest import SCRIPTS, SMALL_HYP, edited_hyp, load_script, make_loaders, small_fp32_run, small_loaders
+from conftest import (SCRIPTS, SMALL_HYP, assert_all_channels_last, assert_cuda_storage, conv_input_layouts, edited_hyp,
+                      load_script, make_loaders, small_fp32_run, small_loaders)
 from op_counting import SYNC_OPS, recording_by_clock
 
 
@@ -42,11 +42,7 @@ def policy_runs(request, cifar_source):
     module = load_script(request.param)
     hyp = edited_hyp(module, SMALL_HYP)
     runs = {'fp32': small_fp32_run(request.param, cifar_source)}
-    conv_inputs, lookaheads = [], []
-
-    def record_layout(layer, args):
-        if isinstance(layer, nn.Conv2d):
-            conv_inputs.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    lookaheads = []
 
     class RecordedLookahead(module.LookaheadState):
         def __init__(self, net):
@@ -54,13 +50,10 @@ def policy_runs(request, cifar_source):
             lookaheads.append(self)
 
     loaders = small_loaders(module, hyp, cifar_source, module.precision_policy('cuda'))
-    handle = nn.modules.module.register_module_forward_pre_hook(record_layout)
-    try:
-        with pytest.MonkeyPatch.context() as patch, recording_by_clock(module) as recorder:
-            patch.setattr(module, 'LookaheadState', RecordedLookahead)
-            runs['cuda'] = module.train(hyp, *loaders, seed=0, verbose=False)
-    finally:
-        handle.remove()
+    with (pytest.MonkeyPatch.context() as patch, recording_by_clock(module) as recorder,
+          conv_input_layouts() as conv_inputs):
+        patch.setattr(module, 'LookaheadState', RecordedLookahead)
+        runs['cuda'] = module.train(hyp, *loaders, seed=0, verbose=False)
     return dict(runs, conv_inputs=conv_inputs, lookaheads=lookaheads, timed_ops=recorder.timed_segments(),
                 epochs=math.ceil(hyp['opt']['train_epochs']))
 
@@ -73,15 +66,7 @@ def test_cuda_policy_trains_about_as_well_as_fp32(policy_runs):
 
 
 def test_cuda_policy_keeps_convs_fp16_channels_last_and_batchnorm_fp32(policy_runs):
-    net = policy_runs['cuda']['net']
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(convs) >= 7 and len(norms) >= 6
-    for conv in convs:
-        assert conv.weight.dtype == torch.half and conv.weight.is_contiguous(memory_format=torch.channels_last)
-    for norm in norms:
-        floats = [t for t in list(norm.parameters()) + list(norm.buffers()) if t.is_floating_point()]
-        assert len(floats) == 4 and all(t.dtype == torch.float for t in floats)
+    assert_cuda_storage(policy_runs['cuda']['net'])
 
 
 def test_lookahead_ema_has_the_dtype_and_layout_of_what_it_averages(policy_runs):
@@ -92,9 +77,7 @@ def test_lookahead_ema_has_the_dtype_and_layout_of_what_it_averages(policy_runs)
 
 
 def test_every_conv_input_is_channels_last(policy_runs):
-    layouts = policy_runs['conv_inputs']
-    assert len(layouts) > 100  # training steps and evaluation views alike
-    assert all(layouts), '%d of %d conv inputs were not channels_last' % (layouts.count(False), len(layouts))
+    assert_all_channels_last(policy_runs['conv_inputs'])
 
 
 def test_training_steps_make_no_host_sync(policy_runs):
