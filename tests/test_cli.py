@@ -45,8 +45,16 @@ def test_cli_prints_a_row_per_epoch_and_a_summary(folder_run):
         rows = table_rows(out, run)
         assert [r.split('|')[2].strip() for r in rows] == ['1', '2', '3', 'eval']  # ceil(2.5) epochs, then TTA
     assert 'runs: 2 finished, 0 failed' in out
-    assert re.search(r'tta_val_acc: mean 0\.\d{4}  std 0\.\d{4}  95% CI of the mean \[-?\d\.\d{4}, \d\.\d{4}\]', out)
+    assert re.search(r'tta_val_acc: mean [01]\.\d{4}  std 0\.\d{4}  95% CI of the mean \[-?\d\.\d{4}, [01]\.\d{4}\]', out)
     assert 'time per run: mean' in out
+
+
+def test_summary_gives_runs_of_equal_accuracy_a_zero_width_interval(module):
+    runs = [dict(status='ok', tta_val_acc=1.0, time_seconds=2.0), dict(status='ok', tta_val_acc=1.0, time_seconds=4.0)]
+    summary = module.summarize(runs)
+    assert summary['tta_val_acc_std'] == 0 and summary['tta_val_acc_ci95'] == [1.0, 1.0]
+    assert 'mean 1.0000  std 0.0000  95% CI of the mean [1.0000, 1.0000]' in module.format_summary(summary)
+    assert module.summarize(runs[:1])['tta_val_acc_ci95'] is None
 
 
 def test_cli_log_records_the_runs_hyp_environment_and_source(folder_run):
