@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -59,9 +60,20 @@ def allow_ctrl_c():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def compiles(script):
+    """Whether the script compiles its network (in the warm-up, which it then does not let you skip)."""
+    return load_script(script).compile_mode(torch.device('cpu')) is not None
+
+
 def quick_args(script):
-    """--no-warmup where allowed: the compiled script needs its warm-up to compile."""
-    return [] if 'compiled' in script else ['--no-warmup']
+    """--no-warmup where allowed: a compiled script needs its warm-up to compile."""
+    return [] if compiles(script) else ['--no-warmup']
+
+
+def diverging_edits(script):
+    """hyp edits that make any script's training diverge: every learning rate in hyp['opt'] set to
+    1e30 (airbench94 has one, 'lr'; the Muon variant one per parameter group)."""
+    return [['opt.' + key, 1e30] for key in load_script(script).hyp['opt'] if key == 'lr' or key.endswith('_lr')]
 
 
 @pytest.fixture(params=SCRIPTS)
