@@ -486,8 +486,8 @@ def summarize(runs):
         n, mean = len(accs), sum(accs) / len(accs)
         std = math.sqrt(sum((a - mean)**2 for a in accs) / (n - 1)) if n > 1 else None
         half = student_t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else None
-        summary.update(tta_val_acc_mean=mean, tta_val_acc_std=std, tta_val_acc_ci95=half and [mean - half, mean + half],
-                       time_seconds_mean=sum(times) / n)
+        ci95 = [mean - half, mean + half] if n > 1 else None  # of width 0 if every run got the same accuracy
+        summary.update(tta_val_acc_mean=mean, tta_val_acc_std=std, tta_val_acc_ci95=ci95, time_seconds_mean=sum(times) / n)
     return summary
 
 

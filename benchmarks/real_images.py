@@ -17,7 +17,10 @@ import shlex
 import sys
 import time
 
+import torch
+
 from common import ROOT, append_result, machine_description, parse_setting, run_logged, script_command, write_real_images
+from run_with_hyp import load_edited
 
 
 def main():
@@ -41,8 +44,8 @@ def main():
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', str(args.seed),
            '--log-dir', log_dir]
-    if args.device == 'cpu' and 'compiled' not in args.script:
-        cli.append('--no-warmup')  # on CPU the warm-up warms nothing
+    if args.device == 'cpu' and load_edited(args.script, []).compile_mode(torch.device('cpu')) is None:
+        cli.append('--no-warmup')  # on CPU the warm-up warms nothing (a compiling script needs it to compile)
     returncode, wall_seconds, log_path = run_logged(args.script, args.set, cli, log_dir)
     if returncode != 0 or log_path is None:
         sys.exit('benchmark failed: exit code %d, %s' % (returncode, 'its log: %s' % log_path if log_path else 'no log'))

@@ -61,9 +61,20 @@ def allow_ctrl_c():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def compiles(script):
+    """Whether the script compiles its network (in the warm-up, which it then does not let you skip)."""
+    return load_script(script).compile_mode(torch.device('cpu')) is not None
+
+
 def quick_args(script):
-    """--no-warmup where allowed: the compiled script needs its warm-up to compile."""
-    return [] if 'compiled' in script else ['--no-warmup']
+    """--no-warmup where allowed: a compiled script needs its warm-up to compile."""
+    return [] if compiles(script) else ['--no-warmup']
+
+
+def diverging_edits(script):
+    """hyp edits that make any script's training diverge: every learning rate in hyp['opt'] set to
+    1e30 (airbench94 has one, 'lr'; the Muon variant one per parameter group)."""
+    return [['opt.' + key, 1e30] for key in load_script(script).hyp['opt'] if key == 'lr' or key.endswith('_lr')]
 
 
 @pytest.fixture(params=SCRIPTS)
@@ -172,15 +183,37 @@ def file_snapshot(folder):
 
 # SPEC.md's figures for each script. Schedule values: (step, LR multiplier) at the first step, the
 # end of warm-up (peak) and the last step; warm-up is int(frac * total) steps, then linear decay.
+# 'optimizer': 'sgd' is airbench94's (one Nesterov SGD in decoupled form, the warm-up schedule,
+# lookahead, the whitening bias frozen after whole epochs); 'muon' replaces all of that.
 SPEC_FIGURES = {
-    'airbench94': dict(params=1972792, frozen=288 + 1152, mflops=236.29, steps=476, batchnorm_momentum=0.4,
+    'airbench94': dict(params=1972792, frozen=288 + 1152, mflops=236.29, steps=476, steps_per_epoch=48,
+                       batchnorm_momentum=0.4, whiten_bias_starts_at_zero=True, optimizer='sgd',
                        schedule=[(0, 0.2), (109, 1.0), (475, 0.0725)], lookahead_last=(475, 0.7689)),
-    'airbench95': dict(params=4606520, frozen=288 + 1792, mflops=603.12, steps=720, batchnorm_momentum=0.4,
+    'airbench95': dict(params=4606520, frozen=288 + 1792, mflops=603.12, steps=720, steps_per_epoch=48,
+                       batchnorm_momentum=0.4, whiten_bias_starts_at_zero=True, optimizer='sgd',
                        schedule=[(0, 0.2), (165, 1.0), (719, 1 - 0.93 * 554 / 555)], lookahead_last=(720, 0.7738)),
-    'airbench96': dict(params=9918776, frozen=288 + 3072, mflops=903.93, steps=1776, batchnorm_momentum=0.1,
+    'airbench96': dict(params=9918776, frozen=288 + 3072, mflops=903.93, steps=1776, steps_per_epoch=48,
+                       batchnorm_momentum=0.1, whiten_bias_starts_at_zero=True, optimizer='sgd',
                        schedule=[(0, 0.2), (177, 1.0), (1775, 1 / 1599)], lookahead_last=(1775, 0.7725)),
+    # Learning rates before steps 0, 1, 74, 100 and 199 (the whitening bias's only while it trains)
+    'airbench94_muon': dict(params=1972792, frozen=288 + 1152, mflops=236.29, steps=200, steps_per_epoch=25,
+                            batchnorm_momentum=0.4, whiten_bias_starts_at_zero=False, optimizer='muon',
+                            whiten_bias_steps=75, lr_steps=[0, 1, 74, 100, 199],
+                            learning_rates={'muon': [0.24, 0.2388, 0.1512, 0.12, 0.0012],
+                                            'head': [0.67, 0.66665, 0.4221, 0.335, 0.00335],
+                                            'norm_biases': [0.053, 0.052735, 0.03339, 0.0265, 0.000265],
+                                            'whiten_bias': [0.053, 0.052293, 0.000707]}),
 }
 SPEC_FIGURES['airbench94_compiled'] = SPEC_FIGURES['airbench94']
+
+
+def skip_unless_sgd_method(script, what):
+    """Skip a test of `what`, a part of airbench94's optimization, for a script whose method
+    replaces it (SPEC_FIGURES' 'optimizer'); that script's own tests cover what it does instead."""
+    optimizer = SPEC_FIGURES[script[:-3]]['optimizer']
+    if optimizer != 'sgd':
+        pytest.skip('%s has no %s: its method optimizes with %s instead (see its header and tests/test_%s.py)'
+                    % (script, what, optimizer, optimizer))
 
 
 @pytest.fixture

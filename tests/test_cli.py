@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import cifar_files
-from conftest import ROOT, SCRIPTS, allow_ctrl_c, cli_command, file_snapshot, quick_args, run_cli, TINY_HYP
+from conftest import (ROOT, SCRIPTS, allow_ctrl_c, cli_command, compiles, diverging_edits, file_snapshot, quick_args,
+                      run_cli, TINY_HYP)
 
 
 def only_log(log_dir):
@@ -37,7 +38,7 @@ def test_cli_prints_a_row_per_epoch_and_a_summary(folder_run):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert 'note: CPU run in float32' in out
-    assert re.search(r'warm-up: \d+\.\d s, untimed' + (', including compilation' if 'compiled' in script else '$'), out, re.M)
+    assert re.search(r'warm-up: \d+\.\d s, untimed' + (', including compilation' if compiles(script) else '$'), out, re.M)
     assert 'data: 1280 train / 500 test images from cifar10 (not the full 50000 / 10000 of CIFAR-10)' in out
     assert '|    run |  epoch | train_loss | train_acc | val_acc | tta_val_acc | time_seconds |' in out
     assert len(table_rows(out, 'warmup')) == 4  # an untimed warm-up on random labels
@@ -45,8 +46,16 @@ def test_cli_prints_a_row_per_epoch_and_a_summary(folder_run):
         rows = table_rows(out, run)
         assert [r.split('|')[2].strip() for r in rows] == ['1', '2', '3', 'eval']  # ceil(2.5) epochs, then TTA
     assert 'runs: 2 finished, 0 failed' in out
-    assert re.search(r'tta_val_acc: mean 0\.\d{4}  std 0\.\d{4}  95% CI of the mean \[-?\d\.\d{4}, \d\.\d{4}\]', out)
+    assert re.search(r'tta_val_acc: mean [01]\.\d{4}  std 0\.\d{4}  95% CI of the mean \[-?\d\.\d{4}, [01]\.\d{4}\]', out)
     assert 'time per run: mean' in out
+
+
+def test_summary_gives_runs_of_equal_accuracy_a_zero_width_interval(module):
+    runs = [dict(status='ok', tta_val_acc=1.0, time_seconds=2.0), dict(status='ok', tta_val_acc=1.0, time_seconds=4.0)]
+    summary = module.summarize(runs)
+    assert summary['tta_val_acc_std'] == 0 and summary['tta_val_acc_ci95'] == [1.0, 1.0]
+    assert 'mean 1.0000  std 0.0000  95% CI of the mean [1.0000, 1.0000]' in module.format_summary(summary)
+    assert module.summarize(runs[:1])['tta_val_acc_ci95'] is None
 
 
 def test_cli_log_records_the_runs_hyp_environment_and_source(folder_run):
@@ -60,7 +69,7 @@ def test_cli_log_records_the_runs_hyp_environment_and_source(folder_run):
     assert log['torch_version'] == torch.__version__ and log['device'] == 'cpu' and log['dtype'] == 'float32'
     assert log['source'] == open(os.path.join(ROOT, script)).read()
     assert not log['interrupted'] and log['data_counts'] == {'train': 1280, 'test': 500}
-    if 'compiled' in script:  # compiled in the warm-up, never in a timed run
+    if compiles(script):  # compiled in the warm-up, never in a timed run
         assert log['compile'] == {'mode': 'default', 'graphs_compiled_in_timed_runs': 0}
         assert 'graphs compiled during the timed runs: 0' in result.stdout
     else:
@@ -76,7 +85,7 @@ def test_cli_on_the_tarball_repeats_a_run_in_a_fresh_process(folder_run):
                      + quick_args(script), cwd=str(tmp),
                      edits=TINY_HYP + [['CIFAR10_TARBALL_MD5', md5]])
     assert result.returncode == 0, result.stderr
-    assert ('warmup' in result.stdout) == ('compiled' in script)
+    assert ('warmup' in result.stdout) == compiles(script)
     assert os.path.isdir(data_dir / 'cifar-10-batches-py')
     # seed 6 ran second in the folder run, after seed 5: no state carried over from it
     second = only_log(str(tmp / 'logs'))['runs'][1]
@@ -120,7 +129,7 @@ def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path
     os.makedirs(tmp_path / 'logs')
     (tmp_path / 'logs' / 'keep.json').write_text('{"an": "earlier log"}')
     result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '2', '--seed', '0'] + quick_args(script), cwd=str(tmp_path),
-                     edits=TINY_HYP + [['opt.lr', 1e30]])
+                     edits=TINY_HYP + diverging_edits(script))
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'run 1 (seed 0) failed: the training loss became' in result.stderr
     assert 'runs: 0 finished, 2 failed' in result.stdout

@@ -9,9 +9,10 @@ import math
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from conftest import (SCRIPTS, SMALL_HYP, assert_all_channels_last, assert_cuda_storage, conv_input_layouts, edited_hyp,
-                      load_script, make_loaders, small_fp32_run, small_loaders)
+from conftest import (SCRIPTS, SMALL_HYP, SPEC_FIGURES, assert_all_channels_last, assert_cuda_storage, conv_input_layouts,
+                      edited_hyp, load_script, make_loaders, skip_unless_sgd_method, small_fp32_run, small_loaders)
 from op_counting import SYNC_OPS, recording_by_clock
 
 
@@ -38,31 +39,44 @@ def test_train_refuses_loaders_stored_differently(module, cifar_source):
 @pytest.fixture(scope='session', params=SCRIPTS)
 def policy_runs(request, cifar_source):
     """One small training run per script in fp32 and one under the CUDA policy, the latter with
-    the layout of every conv input, its lookahead state and its ops by timed span recorded."""
+    the layout of every conv input, its optimizers, its lookahead state (if the method has one)
+    and its ops by timed span recorded."""
     module = load_script(request.param)
     hyp = edited_hyp(module, SMALL_HYP)
     runs = {'fp32': small_fp32_run(request.param, cifar_source)}
-    lookaheads = []
+    lookaheads, optimizers = [], []
+    lookahead_state = getattr(module, 'LookaheadState', None)  # the Muon variant has no lookahead
 
-    class RecordedLookahead(module.LookaheadState):
-        def __init__(self, net):
-            super().__init__(net)
-            lookaheads.append(self)
+    def recorded_lookahead(net):
+        lookaheads.append(lookahead_state(net))
+        return lookaheads[-1]
+
+    def record_optimizer(optimizer, args, kwargs):
+        if all(optimizer is not o for o in optimizers):
+            optimizers.append(optimizer)
 
     loaders = small_loaders(module, hyp, cifar_source, module.precision_policy('cuda'))
-    with (pytest.MonkeyPatch.context() as patch, recording_by_clock(module) as recorder,
-          conv_input_layouts() as conv_inputs):
-        patch.setattr(module, 'LookaheadState', RecordedLookahead)
-        runs['cuda'] = module.train(hyp, *loaders, seed=0, verbose=False)
-    return dict(runs, conv_inputs=conv_inputs, lookaheads=lookaheads, timed_ops=recorder.timed_segments(),
-                epochs=math.ceil(hyp['opt']['train_epochs']))
+    handle = register_optimizer_step_post_hook(record_optimizer)
+    try:
+        with (pytest.MonkeyPatch.context() as patch, recording_by_clock(module) as recorder,
+              conv_input_layouts() as conv_inputs):
+            if lookahead_state:
+                patch.setattr(module, 'LookaheadState', recorded_lookahead)
+            runs['cuda'] = module.train(hyp, *loaders, seed=0, verbose=False)
+    finally:
+        handle.remove()
+    return dict(runs, script=request.param, conv_inputs=conv_inputs, lookaheads=lookaheads, optimizers=optimizers,
+                timed_ops=recorder.timed_segments(), epochs=math.ceil(hyp['opt']['train_epochs']))
 
 
 def test_cuda_policy_trains_about_as_well_as_fp32(policy_runs):
     fp32, cuda = policy_runs['fp32'], policy_runs['cuda']
     assert all(math.isfinite(row['train_loss']) for row in cuda['epochs'])
     assert cuda['tta_val_acc'] > 0.25  # 10 classes: chance is 0.1
-    assert abs(cuda['tta_val_acc'] - fp32['tta_val_acc']) <= 0.05
+    # Muon's runs at this scale are chaotic (two fp32 runs whose kernels differ only in rounding
+    # ended 0.14 apart, and seeds span 0.5 to 0.98), so tests/test_muon.py compares one step instead
+    if SPEC_FIGURES[policy_runs['script'][:-3]]['optimizer'] != 'muon':
+        assert abs(cuda['tta_val_acc'] - fp32['tta_val_acc']) <= 0.05
 
 
 def test_cuda_policy_keeps_convs_fp16_channels_last_and_batchnorm_fp32(policy_runs):
@@ -70,10 +84,22 @@ def test_cuda_policy_keeps_convs_fp16_channels_last_and_batchnorm_fp32(policy_ru
 
 
 def test_lookahead_ema_has_the_dtype_and_layout_of_what_it_averages(policy_runs):
+    skip_unless_sgd_method(policy_runs['script'], 'lookahead')
     lookahead, = policy_runs['lookaheads']
     assert {p.dtype for p in lookahead.params} == {torch.half, torch.float}
     for ema, param in zip(lookahead.ema, lookahead.params, strict=True):
         assert ema.dtype == param.dtype and ema.stride() == param.stride()
+
+
+def test_optimizer_state_has_the_dtype_and_layout_of_its_parameter(policy_runs):
+    optimizers = policy_runs['optimizers']
+    assert optimizers
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for param in group['params']:
+                for value in optimizer.state[param].values():  # momentum buffers
+                    if isinstance(value, torch.Tensor) and value.dim() > 0:
+                        assert value.dtype == param.dtype and value.stride() == param.stride()
 
 
 def test_every_conv_input_is_channels_last(policy_runs):

@@ -2,8 +2,11 @@
 import pytest
 import torch
 
+from conftest import skip_unless_sgd_method
 
-def test_sgd_values_match_spec(module):
+
+def test_sgd_values_match_spec(script, module):
+    skip_unless_sgd_method(script, 'single SGD in decoupled form with a bias scaler')
     optimizer = module.make_optimizer(module.make_net(module.hyp), module.hyp)
     norm_group, other_group = optimizer.param_groups
     opt = module.hyp['opt']
@@ -19,7 +22,8 @@ def test_sgd_values_match_spec(module):
         assert other_group['lr'] * other_group['weight_decay'] == pytest.approx(1.9957e-3, rel=1e-4)
 
 
-def test_param_groups_split_batchnorm_biases_from_the_rest(module):
+def test_param_groups_split_batchnorm_biases_from_the_rest(script, module):
+    skip_unless_sgd_method(script, 'single SGD in decoupled form with a bias scaler')
     net = module.make_net(module.hyp)
     norm_group, other_group = module.make_optimizer(net, module.hyp).param_groups
     norm_biases = [m.bias for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -29,7 +33,8 @@ def test_param_groups_split_batchnorm_biases_from_the_rest(module):
     assert len(norm_group['params']) + len(other_group['params']) == len(trainable)
 
 
-def test_lr_schedule_matches_spec(module, figures):
+def test_lr_schedule_matches_spec(script, module, figures):
+    skip_unless_sgd_method(script, 'warm-up LR schedule')
     total = figures['steps']
     for step, value in figures['schedule']:
         assert module.lr_multiplier(step, total, module.hyp) == pytest.approx(value, abs=5e-5)
@@ -39,13 +44,15 @@ def test_lr_schedule_matches_spec(module, figures):
     assert all(a > b for a, b in zip(values[peak:], values[peak + 1:]))  # ...then falls
 
 
-def test_lookahead_decay_matches_spec(module, figures):
+def test_lookahead_decay_matches_spec(script, module, figures):
+    skip_unless_sgd_method(script, 'lookahead')
     step, value = figures['lookahead_last']
     assert module.lookahead_decay(step, figures['steps'], module.hyp) == pytest.approx(value, abs=5e-5)
     assert module.lookahead_decay(5, figures['steps'], module.hyp) < 1e-6  # ~no averaging early
 
 
-def test_lookahead_update_moves_every_float_entry_towards_ema_and_resets(module):
+def test_lookahead_update_moves_every_float_entry_towards_ema_and_resets(script, module):
+    skip_unless_sgd_method(script, 'lookahead')
     net = module.make_net(module.hyp)
     state = module.LookaheadState(net)
     before = {k: v.clone() for k, v in net.state_dict().items()}
