@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cifar_files
-from conftest import ROOT, SCRIPTS, allow_ctrl_c, cli_command, file_snapshot, quick_args, run_cli, TINY_HYP
+from conftest import ROOT, SCRIPTS, allow_ctrl_c, cli_command, compiles, file_snapshot, quick_args, run_cli, tiny_hyp
 
 
 def only_log(log_dir):
@@ -37,7 +37,7 @@ def test_cli_prints_a_row_per_epoch_and_a_summary(folder_run):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert 'note: CPU run in float32' in out
-    assert re.search(r'warm-up: \d+\.\d s, untimed' + (', including compilation' if 'compiled' in script else '$'), out, re.M)
+    assert re.search(r'warm-up: \d+\.\d s, untimed' + (', including compilation' if compiles(script) else '$'), out, re.M)
     assert 'data: 1280 train / 500 test images from cifar10 (not the full 50000 / 10000 of CIFAR-10)' in out
     assert '|    run |  epoch | train_loss | train_acc | val_acc | tta_val_acc | time_seconds |' in out
     assert len(table_rows(out, 'warmup')) == 4  # an untimed warm-up on random labels
@@ -60,7 +60,7 @@ def test_cli_log_records_the_runs_hyp_environment_and_source(folder_run):
     assert log['torch_version'] == torch.__version__ and log['device'] == 'cpu' and log['dtype'] == 'float32'
     assert log['source'] == open(os.path.join(ROOT, script)).read()
     assert not log['interrupted'] and log['data_counts'] == {'train': 1280, 'test': 500}
-    if 'compiled' in script:  # compiled in the warm-up, never in a timed run
+    if compiles(script):  # compiled in the warm-up, never in a timed run
         assert log['compile'] == {'mode': 'default', 'graphs_compiled_in_timed_runs': 0}
         assert 'graphs compiled during the timed runs: 0' in result.stdout
     else:
@@ -74,9 +74,9 @@ def test_cli_on_the_tarball_repeats_a_run_in_a_fresh_process(folder_run):
     _, md5 = cifar_files.write_tarball(str(data_dir), str(tmp / 'cifar10' / 'cifar-10-batches-py'))
     result = run_cli(script, ['--data-dir', str(data_dir), '--runs', '1', '--seed', '6', '--log-dir', 'logs_tarball']
                      + quick_args(script), cwd=str(tmp),
-                     edits=TINY_HYP + [['CIFAR10_TARBALL_MD5', md5]])
+                     edits=tiny_hyp(script) + [['CIFAR10_TARBALL_MD5', md5]])
     assert result.returncode == 0, result.stderr
-    assert ('warmup' in result.stdout) == ('compiled' in script)
+    assert ('warmup' in result.stdout) == compiles(script)
     assert os.path.isdir(data_dir / 'cifar-10-batches-py')
     # seed 6 ran second in the folder run, after seed 5: no state carried over from it
     second = only_log(str(tmp / 'logs'))['runs'][1]
@@ -120,7 +120,7 @@ def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path
     os.makedirs(tmp_path / 'logs')
     (tmp_path / 'logs' / 'keep.json').write_text('{"an": "earlier log"}')
     result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '2', '--seed', '0'] + quick_args(script), cwd=str(tmp_path),
-                     edits=TINY_HYP + [['opt.lr', 1e30]])
+                     edits=tiny_hyp(script) + [['opt.lr', 1e30]])
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'run 1 (seed 0) failed: the training loss became' in result.stderr
     assert 'runs: 0 finished, 2 failed' in result.stdout
@@ -130,7 +130,7 @@ def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path
 
 
 def test_ctrl_c_summarizes_and_logs_the_finished_runs(script, cifar_dir, tmp_path):
-    command = cli_command(script, ['--data-dir', cifar_dir, '--runs', '50', '--seed', '0'] + quick_args(script), TINY_HYP,
+    command = cli_command(script, ['--data-dir', cifar_dir, '--runs', '50', '--seed', '0'] + quick_args(script), tiny_hyp(script),
                           python_flags=['-u'])
     process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=allow_ctrl_c)
@@ -149,7 +149,7 @@ def test_ctrl_c_summarizes_and_logs_the_finished_runs(script, cifar_dir, tmp_pat
 
 def test_no_log_writes_nothing(script, cifar_dir, tmp_path):
     result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '1', '--no-log'] + quick_args(script), cwd=str(tmp_path),
-                     edits=TINY_HYP + [['opt.train_epochs', 0.2]])
+                     edits=tiny_hyp(script) + [['opt.train_epochs', 0.2]])
     assert result.returncode == 0, result.stderr
     assert 'log:' not in result.stdout and not os.path.exists(tmp_path / 'logs')
 
