@@ -29,6 +29,12 @@ def script_command(script, hyp_edits, cli, python=(sys.executable,)):
     return [*python, os.path.join(ROOT, script), *cli]
 
 
+def compiles(script):
+    """Whether `script` compiles its network in the warm-up run (which it then does not let you skip)."""
+    from run_with_hyp import load_edited
+    return load_edited(script, []).compile_mode(torch.device('cpu')) is not None
+
+
 def parse_setting(text):
     path, _, value = text.partition('=')
     return [path, json.loads(value)]

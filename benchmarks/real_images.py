@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, append_result, machine_description, parse_setting, script_command, write_real_images
+from common import ROOT, append_result, compiles, machine_description, parse_setting, script_command, write_real_images
 
 
 def main():
@@ -43,8 +43,8 @@ def main():
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', str(args.seed),
            '--log-dir', log_dir]
-    if args.device == 'cpu' and 'compiled' not in args.script:
-        cli.append('--no-warmup')  # on CPU the warm-up warms nothing
+    if args.device == 'cpu' and not compiles(args.script):
+        cli.append('--no-warmup')  # on CPU the warm-up warms nothing (a compiling script needs it to compile)
     before = set(glob.glob(os.path.join(log_dir, '*.json')))
     start = time.time()
     returncode = subprocess.run(script_command(args.script, args.set, cli), cwd=ROOT).returncode
