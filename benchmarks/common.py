@@ -49,6 +49,12 @@ def is_log_of(path, script, cli):
     return log['script'] == os.path.basename(script) and log['argv'] == cli
 
 
+def compiles(script):
+    """Whether `script` compiles its network in the warm-up run (which it then does not let you skip)."""
+    from run_with_hyp import load_edited
+    return load_edited(script, []).compile_mode(torch.device('cpu')) is not None
+
+
 def parse_setting(text):
     path, _, value = text.partition('=')
     return [path, json.loads(value)]

@@ -17,10 +17,8 @@ import shlex
 import sys
 import time
 
-import torch
-
-from common import ROOT, append_result, machine_description, parse_setting, run_logged, script_command, write_real_images
-from run_with_hyp import load_edited
+from common import (ROOT, append_result, compiles, machine_description, parse_setting, run_logged, script_command,
+                    write_real_images)
 
 
 def main():
@@ -44,7 +42,7 @@ def main():
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', str(args.seed),
            '--log-dir', log_dir]
-    if args.device == 'cpu' and load_edited(args.script, []).compile_mode(torch.device('cpu')) is None:
+    if args.device == 'cpu' and not compiles(args.script):
         cli.append('--no-warmup')  # on CPU the warm-up warms nothing (a compiling script needs it to compile)
     returncode, wall_seconds, log_path = run_logged(args.script, args.set, cli, log_dir)
     if returncode != 0 or log_path is None:

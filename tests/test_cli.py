@@ -11,7 +11,7 @@ import torch
 
 import cifar_files
 from conftest import (ROOT, SCRIPTS, allow_ctrl_c, cli_command, compiles, diverging_edits, file_snapshot, quick_args,
-                      run_cli, TINY_HYP)
+                      run_cli, tiny_hyp)
 
 
 def only_log(log_dir):
@@ -83,7 +83,7 @@ def test_cli_on_the_tarball_repeats_a_run_in_a_fresh_process(folder_run):
     _, md5 = cifar_files.write_tarball(str(data_dir), str(tmp / 'cifar10' / 'cifar-10-batches-py'))
     result = run_cli(script, ['--data-dir', str(data_dir), '--runs', '1', '--seed', '6', '--log-dir', 'logs_tarball']
                      + quick_args(script), cwd=str(tmp),
-                     edits=TINY_HYP + [['CIFAR10_TARBALL_MD5', md5]])
+                     edits=tiny_hyp(script) + [['CIFAR10_TARBALL_MD5', md5]])
     assert result.returncode == 0, result.stderr
     assert ('warmup' in result.stdout) == compiles(script)
     assert os.path.isdir(data_dir / 'cifar-10-batches-py')
@@ -129,7 +129,7 @@ def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path
     os.makedirs(tmp_path / 'logs')
     (tmp_path / 'logs' / 'keep.json').write_text('{"an": "earlier log"}')
     result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '2', '--seed', '0'] + quick_args(script), cwd=str(tmp_path),
-                     edits=TINY_HYP + diverging_edits(script))
+                     edits=tiny_hyp(script) + diverging_edits(script))
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert 'run 1 (seed 0) failed: the training loss became' in result.stderr
     assert 'runs: 0 finished, 2 failed' in result.stdout
@@ -139,7 +139,7 @@ def test_diverging_runs_are_counted_and_exit_nonzero(script, cifar_dir, tmp_path
 
 
 def test_ctrl_c_summarizes_and_logs_the_finished_runs(script, cifar_dir, tmp_path):
-    command = cli_command(script, ['--data-dir', cifar_dir, '--runs', '50', '--seed', '0'] + quick_args(script), TINY_HYP,
+    command = cli_command(script, ['--data-dir', cifar_dir, '--runs', '50', '--seed', '0'] + quick_args(script), tiny_hyp(script),
                           python_flags=['-u'])
     process = subprocess.Popen(command, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=allow_ctrl_c)
@@ -158,7 +158,7 @@ def test_ctrl_c_summarizes_and_logs_the_finished_runs(script, cifar_dir, tmp_pat
 
 def test_no_log_writes_nothing(script, cifar_dir, tmp_path):
     result = run_cli(script, ['--data-dir', cifar_dir, '--runs', '1', '--no-log'] + quick_args(script), cwd=str(tmp_path),
-                     edits=TINY_HYP + [['opt.train_epochs', 0.2]])
+                     edits=tiny_hyp(script) + [['opt.train_epochs', 0.2]])
     assert result.returncode == 0, result.stderr
     assert 'log:' not in result.stdout and not os.path.exists(tmp_path / 'logs')
 

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import DRIVER, ROOT, TINY_HYP, allow_ctrl_c, cli_command, quick_args
+from conftest import DRIVER, ROOT, allow_ctrl_c, cli_command, quick_args, tiny_hyp
 
 # The driver (benchmarks/run_with_hyp.py), with code of a test's own before and after main()
 DRIVER_TEMPLATE = """
@@ -39,7 +39,7 @@ if any('gloo' in t for t in threads):
 
 def torchrun_command(driver, script, args, python_flags=()):
     return [sys.executable, *python_flags, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-            str(driver), os.path.join(ROOT, script), json.dumps(TINY_HYP), *args]
+            str(driver), os.path.join(ROOT, script), json.dumps(tiny_hyp(script)), *args]
 
 
 def torchrun(tmp_path, script, args, driver_source=None, env=None, timeout=600):
@@ -68,7 +68,7 @@ def test_torchrun_runs_equal_single_process_runs_to_the_bit(script, cifar_dir, t
     args = ['--data-dir', cifar_dir, '--runs', '3', '--seed', '5'] + quick_args(script)
     result = torchrun(tmp_path, script, args + ['--log-dir', 'logs_torchrun'], driver_source=THREAD_CHECKING_DRIVER)
     assert result.returncode == 0, result.stderr
-    single = subprocess.run(cli_command(script, args + ['--log-dir', 'logs_single'], TINY_HYP), cwd=str(tmp_path),
+    single = subprocess.run(cli_command(script, args + ['--log-dir', 'logs_single'], tiny_hyp(script)), cwd=str(tmp_path),
                             capture_output=True, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS='1'))  # torchrun gives each process one thread
     assert single.returncode == 0, single.stderr

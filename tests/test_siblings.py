@@ -14,12 +14,15 @@ INTENDED_CODE_DIFFERENCES = {
     'airbench94_compiled.py': {'fresh_net', 'compile_mode'},  # one compiled net per process
     # logits / width, whitening bias init, head init, the step loop; compiled as airbench94_compiled
     'airbench94_muon.py': {'Net', 'make_net', 'train', 'fresh_net', 'compile_mode'},
+    # blocks of 2 (the proxy) or 3 convs; compiled; the proxy and the stream in the step loop
+    'airbench96_faster.py': {'ConvGroup', 'Net', 'fresh_net', 'compile_mode', 'train'},
 }
 # Top-level names only a sibling has
 INTENDED_EXTRA_NAMES = {
     'airbench94_compiled.py': {'compiled_nets'},
     'airbench94_muon.py': {'compiled_nets', 'newton_schulz', 'compiled_newton_schulz', 'Muon', 'make_optimizers',
                            'set_learning_rates'},
+    'airbench96_faster.py': {'compiled_nets', 'training_stream', 'proxy_hyp', 'make_example_loss_fn', 'select_hardest'},
 }
 # Top-level names of airbench94.py that a sibling's method has no use for
 INTENDED_MISSING_NAMES = {'airbench94_muon.py': {'LookaheadState', 'lookahead_decay', 'make_optimizer', 'lr_multiplier'}}
@@ -44,6 +47,13 @@ INTENDED_HYP_DIFFERENCES = {
                                                         'opt.lr_warmup_frac', 'opt.lr_start', 'opt.lr_end',
                                                         'lookahead.every_steps', 'lookahead.decay_per_step',
                                                         'lookahead.power', 'net.scaling_factor']}},
+    'airbench96_faster.py': {'opt.train_epochs': 45, 'opt.lr': 9.0, 'opt.weight_decay': 0.012,
+                             'opt.lr_warmup_frac': 0.1, 'opt.lr_end': 0.0, 'aug.translate': 4, 'aug.cutout': 12,
+                             'net.widths': {'block1': 128, 'block2': 384, 'block3': 512}, 'net.batchnorm_momentum': 0.1,
+                             # entries airbench94.py does not have
+                             'opt.whiten_bias_freeze': False, 'net.convs_per_block': 3,
+                             'proxy.widths': {'block1': 32, 'block2': 64, 'block3': 64}, 'proxy.convs_per_block': 2,
+                             'proxy.keep_fraction': 0.5, 'proxy.train_every_steps': 4},
 }
 
 SIBLINGS = [s for s in SCRIPTS if s != 'airbench94.py']
