@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import TINY_HYP, edited_hyp, load_script, make_loaders
 from op_counting import SYNC_OPS, recording_by_clock
+import faster_real_images
 
 
 @pytest.fixture(scope='module')
@@ -218,3 +219,31 @@ def test_both_nets_whiten_and_train_inside_the_timed_spans_without_host_sync(rec
     assert [ops.count('aten.topk') for ops in epochs] == [10, 10, 5]  # the proxy's selection, at every step
     for ops in epochs:
         assert sorted(SYNC_OPS.intersection(ops)) == []
+
+
+def test_the_benchmarks_time_split_adds_up_and_its_probe_changes_nothing(faster, recorded_run, cifar_source):
+    """benchmarks/faster_real_images.py: its timestamps split train()'s timed span exactly, the
+    proxy's kept half has the higher mean loss at every step, and probing the main network on
+    the way leaves the run as it was (the recorded run is the same hyp and seed, unprobed)."""
+    hyp = recorded_run['hyp']
+    train_loader, test_loader = make_loaders(faster, hyp, cifar_source)
+    stream, clock = faster.training_stream, faster.device_clock
+    result, timeline, probe = faster_real_images.measure(faster, hyp, train_loader, test_loader, seed=0, probe_every=2)
+    assert (faster.training_stream, faster.device_clock) == (stream, clock)  # unwrapped again
+
+    def untimed(run):
+        return [{k: v for k, v in row.items() if k not in ('time_seconds', 'run')} for row in run['epochs']]
+    assert untimed(result) == untimed(recorded_run['result'])
+    assert result['tta_val_acc'] == recorded_run['result']['tta_val_acc']
+
+    total, per_epoch = timeline.seconds()
+    parts = faster_real_images.timed_parts(total)
+    assert sum(parts.values()) == pytest.approx(result['time_seconds'], abs=1e-6)
+    assert all(parts[p] > 0 for p in faster_real_images.PARTS + ['probe']) and total['untimed'] > 0
+    assert len(per_epoch) == 3 and all(epoch['proxy'] > 0 and epoch['main'] > 0 for epoch in per_epoch)
+    assert sum(epoch['main'] for epoch in per_epoch) == pytest.approx(parts['main'])
+
+    assert [row['epoch'] for row in probe.rows] == [0] * 10 + [1] * 10 + [2] * 5
+    assert all(row['proxy_kept'] > row['proxy_dropped'] for row in probe.rows)
+    assert [i for i, row in enumerate(probe.rows) if 'main_kept' in row] == list(range(0, 25, 2))
+    assert all(0 <= row['overlap'] <= 1 and 0 <= row['acc_kept'] <= 1 for row in probe.rows if 'overlap' in row)
