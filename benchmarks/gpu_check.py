@@ -48,11 +48,11 @@ from run_with_hyp import load_edited
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 import cifar_files  # noqa: E402 (tests/: small learnable data in the official format)
 
-# --smoke: the tests' TINY_HYP (tests/conftest.py) shortened to 2 epochs (15 steps of 128 of the
-# 1280 images tests/cifar_files.py writes), and 250 test images: a run of seconds on a CPU
+# --smoke: the tests' TINY_HYP (tests/conftest.py) shortened to 2 epochs (8 steps of 128 over 640
+# images that tests/cifar_files.py writes), and 250 test images: a run of seconds on a CPU
 SMOKE_HYP = [['opt.batch_size', 128], ['opt.train_epochs', 1.5],
              ['net.widths', {'block1': 16, 'block2': 32, 'block3': 32}], ['net.whiten_images', 256]]
-SMOKE_TEST_IMAGES = 250
+SMOKE_TRAIN_IMAGES, SMOKE_TEST_IMAGES = 640, 250
 
 # Timed runs per script unless --runs says otherwise; any other airbench*.py gets OTHER_RUNS
 DEFAULT_RUNS = {'airbench94.py': 50, 'airbench94_compiled.py': 50, 'airbench95.py': 20, 'airbench96.py': 5}
@@ -118,7 +118,7 @@ def prepare_data(args, tmp):
     """(the data dir the scripts read, as absolute path; how the entry describes it)."""
     if args.smoke:
         data_dir = os.path.join(tmp, 'cifar10')
-        cifar_files.write_batches(data_dir, n_test=SMOKE_TEST_IMAGES)
+        cifar_files.write_batches(data_dir, n_train=SMOKE_TRAIN_IMAGES, n_test=SMOKE_TEST_IMAGES)
         return data_dir, 'tiny look-alike data made by tests/cifar_files.py'
     if args.data_dir:
         return os.path.abspath(args.data_dir), 'CIFAR-10 from --data-dir %s' % args.data_dir

@@ -37,9 +37,14 @@ if any('gloo' in t for t in threads):
 """)
 
 
+def short_hyp(script):
+    """tiny_hyp cut to one epoch: these tests compare processes, not learning."""
+    return tiny_hyp(script) + [['opt.train_epochs', 1]]
+
+
 def torchrun_command(driver, script, args, python_flags=()):
     return [sys.executable, *python_flags, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-            str(driver), os.path.join(ROOT, script), json.dumps(tiny_hyp(script)), *args]
+            str(driver), os.path.join(ROOT, script), json.dumps(short_hyp(script)), *args]
 
 
 def torchrun(tmp_path, script, args, driver_source=None, env=None, timeout=600):
@@ -68,7 +73,7 @@ def test_torchrun_runs_equal_single_process_runs_to_the_bit(script, cifar_dir, t
     args = ['--data-dir', cifar_dir, '--runs', '3', '--seed', '5'] + quick_args(script)
     result = torchrun(tmp_path, script, args + ['--log-dir', 'logs_torchrun'], driver_source=THREAD_CHECKING_DRIVER)
     assert result.returncode == 0, result.stderr
-    single = subprocess.run(cli_command(script, args + ['--log-dir', 'logs_single'], tiny_hyp(script)), cwd=str(tmp_path),
+    single = subprocess.run(cli_command(script, args + ['--log-dir', 'logs_single'], short_hyp(script)), cwd=str(tmp_path),
                             capture_output=True, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS='1'))  # torchrun gives each process one thread
     assert single.returncode == 0, single.stderr

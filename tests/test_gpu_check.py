@@ -47,7 +47,8 @@ def test_smoke_entry_names_the_command_machine_data_and_cuda_tests(smoke):
     assert field(entry, r'^- command: `(.*)`$') == (
         'python benchmarks/gpu_check.py --device cpu --smoke --results %s' % results,)
     assert 'torch %s, CUDA none' % torch.__version__ in field(entry, r'^- machine: (.*)$')[0]
-    assert field(entry, r'^- data: .*, (\d+) train / (\d+) test images$') == ('1280', '250')
+    assert field(entry, r'^- data: .*, (\d+) train / (\d+) test images$') == (
+        str(gpu_check.SMOKE_TRAIN_IMAGES), str(gpu_check.SMOKE_TEST_IMAGES))
     passed, failed, errors, skipped = map(int, field(entry, r'^- CUDA tests \(`python -m pytest tests/test_cuda.py`, '
                                                             r'\d+ s\): (\d+) passed, (\d+) failed, (\d+) errors, '
                                                             r'(\d+) skipped \(no CUDA device here: every test skips\)$'))
