@@ -20,9 +20,11 @@ In order:
    the command.
 
 --smoke runs the same pipeline on tiny data it makes itself (1 run per script, tiny networks, a
-small matmul), so that a CPU test keeps this file working; its numbers mean nothing.
+small matmul, and the timed runs beside the profiles rather than before them), so that a CPU
+test keeps this file working; its numbers mean nothing.
 """
 import argparse
+import concurrent.futures
 import contextlib
 import glob
 import json
@@ -380,21 +382,30 @@ def main(argv=None):
         log_dir = os.path.join(tmp, 'logs') if args.smoke else os.path.join(ROOT, 'benchmarks', 'logs')
         say('1/4 the CUDA-only tests: %s' % CUDA_TESTS)
         tests = run_cuda_tests(tmp)
-        timed = {}
-        for script in scripts:
-            say('2/4 timed runs: %s, n = %d' % (script, runs[script]))
-            timed[script] = timed_runs(script, runs[script], edits, device, data_dir, log_dir,
-                                       warms_up(modules[script], device))
-        say('3/4 matmul ceiling and profiles')
-        ceiling = matmul_ceiling(modules[scripts[0]], device, 8192 if device.type == 'cuda' else 512)
-        profiles = {}
-        for script, module in modules.items():
-            say('3/4 profiling %s' % script)
-            try:
-                profiles[script] = profile_run(module, device, data_dir, args.smoke or script not in SPEC_TFLOPS)
-            except Exception as e:  # recorded in the entry: one script's failure must not lose the others' results
-                traceback.print_exc()
-                profiles[script] = dict(error='%s: %s' % (type(e).__name__, str(e).splitlines()[0] if str(e) else ''))
+
+        def timed_stage():
+            timed = {}
+            for script in scripts:
+                say('2/4 timed runs: %s, n = %d' % (script, runs[script]))
+                timed[script] = timed_runs(script, runs[script], edits, device, data_dir, log_dir,
+                                           warms_up(modules[script], device))
+            return timed
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            timed = pool.submit(timed_stage)  # the runs are subprocesses: this thread only waits for them
+            if not args.smoke:
+                timed.result()  # timings: every stage has the machine to itself (--smoke's numbers mean
+                # nothing, so there the runs go on beside the profiles and use a second core)
+            say('3/4 matmul ceiling and profiles')
+            ceiling = matmul_ceiling(modules[scripts[0]], device, 8192 if device.type == 'cuda' else 512)
+            profiles = {}
+            for script, module in modules.items():
+                say('3/4 profiling %s' % script)
+                try:
+                    profiles[script] = profile_run(module, device, data_dir, args.smoke or script not in SPEC_TFLOPS)
+                except Exception as e:  # recorded in the entry: one script's failure must not lose the others'
+                    traceback.print_exc()
+                    profiles[script] = dict(error='%s: %s' % (type(e).__name__, str(e).splitlines()[0] if str(e) else ''))
+            timed = timed.result()
     say('4/4 the entry')
     lines = results_entry(args, argv, device, data_line, edits, tests, timed, ceiling, profiles, time.time() - STARTED)
     append_result(lines, args.results or (None if args.smoke else RESULTS))
