@@ -3,6 +3,7 @@ import glob
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -49,15 +50,25 @@ def is_log_of(path, script, cli):
     return log['script'] == os.path.basename(script) and log['argv'] == cli
 
 
-def compiles(script):
-    """Whether `script` compiles its network in the warm-up run (which it then does not let you skip)."""
-    from run_with_hyp import load_edited
-    return load_edited(script, []).compile_mode(torch.device('cpu')) is not None
+def compiles(module):
+    """Whether a script (its module) compiles its network in the warm-up run, which it then does
+    not let you skip."""
+    return module.compile_mode(torch.device('cpu')) is not None
 
 
 def parse_setting(text):
     path, _, value = text.partition('=')
     return [path, json.loads(value)]
+
+
+def settings_text(settings):
+    """[path, value] hyp edits as the entries show them: 'opt.train_epochs=10, ...' ('' for none)."""
+    return ', '.join('%s=%s' % (path, json.dumps(value)) for path, value in settings)
+
+
+def settings_flags(settings):
+    """The same edits as the --set flags that make them, each with a leading space."""
+    return ''.join(' --set %s=%s' % (path, shlex.quote(json.dumps(value))) for path, value in settings)
 
 
 def machine_description(device='cpu'):

@@ -30,13 +30,13 @@ import datetime
 import json
 import math
 import os
-import shlex
 import sys
 import time
 
 import torch
 
-from common import RESULTS, ROOT, append_result, machine_description, parse_setting, write_real_images
+from common import (RESULTS, ROOT, append_result, machine_description, parse_setting, settings_flags, settings_text,
+                    write_real_images)
 from run_with_hyp import load_edited
 
 SCRIPT = 'airbench96_faster.py'
@@ -231,8 +231,8 @@ def record(args, module, result, timeline, probe, warmup_seconds, graphs_compile
         '',
         '- command: `python benchmarks/faster_real_images.py --device %s --seed %d --probe-every %d%s`' % (
             args.device, args.seed, args.probe_every,
-            ''.join(' --set %s=%s' % (p, shlex.quote(json.dumps(v))) for p, v in args.set)),
-        '- hyp edits: %s' % (', '.join('%s=%s' % (p, json.dumps(v)) for p, v in args.set) or 'none'),
+            settings_flags(args.set)),
+        '- hyp edits: %s' % (settings_text(args.set) or 'none'),
         '- machine: %s; torch %s; dtype %s; n = 1 run, seed %d' % (
             machine_description(args.device), torch.__version__, str(train_loader.images.dtype).replace('torch.', ''),
             args.seed),

@@ -44,7 +44,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import ROOT, RESULTS, SHARED_DATA, append_result, machine_description, run_logged, write_real_images
+from common import (ROOT, RESULTS, SHARED_DATA, append_result, machine_description, run_logged, settings_text,
+                    write_real_images)
 from run_with_hyp import load_edited
 
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
@@ -328,7 +329,7 @@ def results_entry(args, argv, device, data_line, edits, tests, timed, ceiling, p
         '- command: `%s`' % ' '.join(['python', 'benchmarks/gpu_check.py'] + [shlex.quote(a) for a in argv]),
         '- machine: %s' % describe_machine(device),
         '- data: %s%s' % (data_line, ', %d train / %d test images' % (counts['train'], counts['test']) if counts else ''),
-        '- hyp edits: %s' % (', '.join('%s=%s' % (p, json.dumps(v)) for p, v in edits) or 'none (the published methods)'),
+        '- hyp edits: %s' % (settings_text(edits) or 'none (the published methods)'),
         '- CUDA tests (`python -m pytest %s`, %.0f s): %d passed, %d failed, %d errors, %d skipped%s%s' % (
             CUDA_TESTS, tests['seconds'], tests['passed'], tests['failed'], tests['errors'], tests['skipped'],
             ' (no CUDA device here: every test skips)' if device.type != 'cuda' else '',

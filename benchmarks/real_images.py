@@ -18,7 +18,8 @@ import sys
 import time
 
 from common import (ROOT, append_result, compiles, machine_description, parse_setting, run_logged, script_command,
-                    write_real_images)
+                    settings_flags, settings_text, write_real_images)
+from run_with_hyp import load_edited
 
 
 def main():
@@ -42,7 +43,7 @@ def main():
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', str(args.seed),
            '--log-dir', log_dir]
-    if args.device == 'cpu' and not compiles(args.script):
+    if args.device == 'cpu' and not compiles(load_edited(args.script, [])):
         cli.append('--no-warmup')  # on CPU the warm-up warms nothing (a compiling script needs it to compile)
     returncode, wall_seconds, log_path = run_logged(args.script, args.set, cli, log_dir)
     if returncode != 0 or log_path is None:
@@ -53,16 +54,15 @@ def main():
 def record(args, log, log_path, cli, wall_seconds):
     summary = log['summary']
     ok = [r for r in log['runs'] if r['status'] == 'ok']
-    edits = ', '.join('%s=%s' % (p, json.dumps(v)) for p, v in args.set)
     append_result([
         '### %s on real images, %s, %s' % (args.script, args.device, time.strftime('%Y-%m-%d')),
         '',
         '- command: `python benchmarks/real_images.py %s --runs %d --device %s --seed %d%s` (runs `%s`)' % (
             args.script, args.runs, args.device, args.seed,
-            ''.join(' --set %s=%s' % (p, shlex.quote(json.dumps(v))) for p, v in args.set),
+            settings_flags(args.set),
             ' '.join(shlex.quote(a) for a in script_command(args.script, args.set, cli, python=('python',)))
             .replace(ROOT + os.sep, '')),
-        '- hyp edits: %s' % (edits or 'none (the published method)'),
+        '- hyp edits: %s' % (settings_text(args.set) or 'none (the published method)'),
         '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'], log['dtype']),
         '- n = %d finished, %d failed; TTA accuracy per run: %s' % (
             summary['ok'], summary['failed'], ', '.join('%.2f%%' % (100 * r['tta_val_acc']) for r in ok)),

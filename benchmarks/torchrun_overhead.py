@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from common import ROOT, append_result, machine_description, script_command, write_real_images
+from common import ROOT, append_result, machine_description, script_command, settings_text, write_real_images
 
 HYP = [['opt.batch_size', 256], ['net.widths', {'block1': 32, 'block2': 64, 'block3': 64}]]
 
@@ -53,8 +53,7 @@ def main():
         '### torchrun overhead on CPU, %s, %s' % (args.script, time.strftime('%Y-%m-%d')),
         '',
         '- command: `python benchmarks/torchrun_overhead.py --script %s --runs %d`' % (args.script, args.runs),
-        '- data: the shared real images, first 5120 train / 1000 test; hyp edits: %s' % ', '.join(
-            '%s=%s' % (p, json.dumps(v)) for p, v in HYP),
+        '- data: the shared real images, first 5120 train / 1000 test; hyp edits: %s' % settings_text(HYP),
         '- machine: %s; torch %s; n = %d runs each, each with its warm-up' % (machine_description(), torch.__version__,
                                                                            args.runs),
         '- 1 process x 2 threads: %.1f s wall for all runs, %.2f s timed per run' % (wall1, run1),

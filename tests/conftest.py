@@ -40,6 +40,7 @@ def tiny_hyp(script):
 DRIVER = os.path.join(ROOT, 'benchmarks', 'run_with_hyp.py')
 sys.path.insert(0, os.path.dirname(DRIVER))
 from run_with_hyp import edit_hyp  # noqa: E402
+from common import compiles as module_compiles  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,8 +78,8 @@ def allow_ctrl_c():
 
 
 def compiles(script):
-    """Whether the script compiles its network (in the warm-up, which it then does not let you skip)."""
-    return load_script(script).compile_mode(torch.device('cpu')) is not None
+    """Whether the script (a file name) compiles its network in the warm-up it then requires."""
+    return module_compiles(load_script(script))
 
 
 def quick_args(script):
