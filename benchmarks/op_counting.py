@@ -9,6 +9,7 @@ splits the recorded ops by span: `timed_segments()` returns them in order. Used 
 """
 import contextlib
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Ops that copy a value to the host, or whose output size depends on the data (GPU.md section 5)
@@ -24,6 +25,19 @@ class OpRecorder(TorchDispatchMode):
         super().__init__()
         self.segments = [[]]
         self.views = set()
+
+    def __enter__(self):
+        # torch.compile'd code runs eagerly while recording, explicitly: dynamo compiles nothing under
+        # a dispatch mode anyway, and (torch 2.13) a compiled call made under one would leave that
+        # code uncompiled for the rest of the process, for every net and shape it had not yet seen
+        self.eager = torch.compiler.set_stance('force_eager')
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        try:
+            return super().__exit__(*exc_info)
+        finally:
+            self.eager.__exit__(*exc_info)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket)

@@ -170,17 +170,20 @@ def assert_cuda_storage(net):
 
 @contextlib.contextmanager
 def conv_input_layouts():
-    """While the block runs, records for every conv call whether its input was channels_last."""
+    """While the block runs, records for every conv call whether its input was channels_last.
+    Compiled code runs eagerly meanwhile: dynamo would trace the global hook into every graph and
+    recompile until its limit, after which the net stays uncompiled for the rest of the process."""
     layouts = []
 
     def record_layout(layer, args):
         if isinstance(layer, torch.nn.Conv2d):
             layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(record_layout)
-    try:
-        yield layouts
-    finally:
-        handle.remove()
+    with torch.compiler.set_stance('force_eager'):
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(record_layout)
+        try:
+            yield layouts
+        finally:
+            handle.remove()
 
 
 def assert_all_channels_last(layouts):

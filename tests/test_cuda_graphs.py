@@ -43,9 +43,9 @@ def test_infer_and_evaluate_keep_no_output_across_calls(module, cifar_source, tt
 
 
 def test_train_keeps_no_output_across_calls(module, cifar_source, monkeypatch):
-    # Both runs call the model through the same wrapper: a compiled net called from another module
-    # can round differently from one called directly (seen after a compilation under a
-    # TorchDispatchMode earlier in the process), and only the overwriting may differ here
+    # Both runs call the model through the same wrapper, so only the overwriting differs. (When the
+    # op recorder still let compiled nets run under it, a net it had touched ran eagerly ever after,
+    # so a wrapped run and a direct one could round differently.)
     fresh_net, hyp = module.fresh_net, edited_hyp(module, SMALL_HYP)
 
     def run(overwrite):

@@ -13,7 +13,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import (SCRIPTS, SMALL_HYP, SPEC_FIGURES, assert_all_channels_last, assert_cuda_storage, conv_input_layouts,
                       edited_hyp, load_script, make_loaders, skip_unless_sgd_method, small_fp32_run, small_loaders)
-from op_counting import SYNC_OPS, recording_by_clock
+from op_counting import SYNC_OPS, OpRecorder, recording_by_clock
 
 
 def test_one_function_decides_how_each_device_stores_data_and_net(module, cifar_source):
@@ -34,6 +34,26 @@ def test_train_refuses_loaders_stored_differently(module, cifar_source):
     _, test_loader = make_loaders(module, hyp, cifar_source, module.precision_policy('cuda'))
     with pytest.raises(ValueError, match='train_loader and test_loader must store images alike'):
         module.train(hyp, train_loader, test_loader, verbose=False)
+
+
+@pytest.mark.parametrize('recording', ['ops', 'conv layouts'])
+def test_recording_runs_compiled_code_eagerly_and_leaves_it_compiled(recording):
+    # Without the eager stance, a compiled net first called under the op recorder never compiled
+    # again in that process: the policy runs below silently turned later tests' compiled nets eager
+    compiled_calls = []
+
+    def counting_backend(graph, example_inputs):
+        def run(*args):
+            compiled_calls.append(graph)
+            return graph.forward(*args)
+        return run
+    model = torch.compile(torch.nn.Conv2d(3, 4, 3), backend=counting_backend)
+    with OpRecorder() if recording == 'ops' else conv_input_layouts() as recorded:
+        model(torch.rand(2, 3, 8, 8))
+    assert 'aten.convolution' in recorded.segments[0] if recording == 'ops' else recorded == [False]
+    assert compiled_calls == []  # eager while recording
+    model(torch.rand(2, 3, 8, 8))
+    assert len(compiled_calls) == 1  # compiled afterwards
 
 
 @pytest.fixture(scope='session', params=SCRIPTS)
