@@ -18,6 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cifar_files  # noqa: E402
 
+# A compiled net that reaches dynamo's recompile limit runs eagerly from then on, without a word;
+# here that is an error, so that no test passes on an eager net it takes for a compiled one. The
+# suite compiles each script's nets for many small configurations in one process, far more than
+# a run needs (airbench96_faster's nets reached the default limit of 8 graphs)
+torch._dynamo.config.fail_on_recompile_limit_hit = True
+torch._dynamo.config.recompile_limit = 64
+
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'airbench*.py')))
 
 # Edits to `hyp` that make a run take seconds on 2 CPU cores: same code, smaller numbers
