@@ -31,7 +31,11 @@ class OpRecorder(TorchDispatchMode):
         # a dispatch mode anyway, and (torch 2.13) a compiled call made under one would leave that
         # code uncompiled for the rest of the process, for every net and shape it had not yet seen
         self.eager = torch.compiler.set_stance('force_eager')
-        return super().__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self.eager.__exit__(None, None, None)
+            raise
 
     def __exit__(self, *exc_info):
         try:
