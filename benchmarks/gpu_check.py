@@ -392,9 +392,9 @@ def main(argv=None):
                                            warms_up(modules[script], device))
             return timed
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            timed = pool.submit(timed_stage)  # the runs are subprocesses: this thread only waits for them
+            timing = pool.submit(timed_stage)  # the runs are subprocesses: this thread only waits for them
             if not args.smoke:
-                timed.result()  # timings: every stage has the machine to itself (--smoke's numbers mean
+                timing.result()  # timings: every stage has the machine to itself (--smoke's numbers mean
                 # nothing, so there the runs go on beside the profiles and use a second core)
             say('3/4 matmul ceiling and profiles')
             ceiling = matmul_ceiling(modules[scripts[0]], device, 8192 if device.type == 'cuda' else 512)
@@ -406,7 +406,7 @@ def main(argv=None):
                 except Exception as e:  # recorded in the entry: one script's failure must not lose the others'
                     traceback.print_exc()
                     profiles[script] = dict(error='%s: %s' % (type(e).__name__, str(e).splitlines()[0] if str(e) else ''))
-            timed = timed.result()
+            timed = timing.result()
     say('4/4 the entry')
     lines = results_entry(args, argv, device, data_line, edits, tests, timed, ceiling, profiles, time.time() - STARTED)
     append_result(lines, args.results or (None if args.smoke else RESULTS))
