@@ -656,15 +656,19 @@ def fresh_net(hyp, device, policy):
     """A newly initialized network, and its compiled self (compiled on first use, then reused).
 
     Every call reloads all weights and BatchNorm statistics from a new initialization drawn
-    from the RNG exactly as make_net draws it, so a run is the same as with an eager network."""
+    from the RNG exactly as make_net draws it, and trains what make_net trains, so a run is
+    the same as with an eager network."""
     fresh = make_net(hyp, 'cpu')
     key = (str(device), repr(policy), repr(hyp['net']))
     if key not in compiled_nets:
         with torch.random.fork_rng(devices=[]):  # building it must not shift this run's random stream
             net = make_net(hyp, device, policy)
-        compiled_nets[key] = (net, torch.compile(net, mode=compile_mode(device)))
+        # fullgraph: past dynamo's recompile limit a net would silently run eagerly; so it raises
+        compiled_nets[key] = (net, torch.compile(net, mode=compile_mode(device), fullgraph=True))
     net, model = compiled_nets[key]
     net.load_state_dict(fresh.state_dict())
+    for param, fresh_param in zip(net.parameters(), fresh.parameters(), strict=True):
+        param.requires_grad = fresh_param.requires_grad  # an earlier run may have frozen the whitening bias
     return net, model
 
 
@@ -731,12 +735,13 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
                 break
         time_seconds += device_clock(device) - start
 
-        # Progress report, outside the clock: the only host syncs of the epoch are here
+        # Progress report, outside the clock: the only host syncs of the epoch are here. The last
+        # step's outputs are read first: compiled as CUDA graphs, the net's next call overwrites them
         train_loss = loss.item() / len(labels)
+        train_acc = (outputs.detach().argmax(1) == labels).float().mean().item()
         if not math.isfinite(train_loss):
             raise TrainingDiverged('the training loss became %s in epoch %d (step %d)' % (train_loss, epoch + 1, step))
-        row = dict(run=run, epoch=epoch + 1, train_loss=train_loss, time_seconds=time_seconds,
-                   train_acc=(outputs.detach().argmax(1) == labels).float().mean().item(),
+        row = dict(run=run, epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, time_seconds=time_seconds,
                    val_acc=evaluate(model, test_loader, tta_level=0))
         epochs.append(row)
         if verbose:
@@ -747,7 +752,8 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     time_seconds += device_clock(device) - start
     if verbose:
         print(format_row(dict(run=run, epoch='eval', tta_val_acc=tta_val_acc, time_seconds=time_seconds)), flush=True)
-    return dict(net=net, tta_val_acc=tta_val_acc, val_acc=epochs[-1]['val_acc'], time_seconds=time_seconds, epochs=epochs)
+    # A copy the caller keeps: a later run may reuse this network (the compiled scripts do)
+    return dict(net=copy.deepcopy(net), tta_val_acc=tta_val_acc, val_acc=epochs[-1]['val_acc'], time_seconds=time_seconds, epochs=epochs)
 
 #############################################
 #                   Main                    #
@@ -852,12 +858,10 @@ def main(argv=None):
 
 def run_all(args, prog, source, device, rank, local_rank, world_size, say):
     if device.type == 'cpu':
-        say('note: CPU run in float32, for tests and laptops; timings mean nothing for GPUs'
-            + ('' if args.no_warmup or compile_mode(device) else ' (the warm-up only warms cuDNN: --no-warmup saves a run)'))
-    if compile_mode(device):
-        say("note: torch.compile(mode='%s') compiles during the warm-up run%s" % (
-            compile_mode(device), ' (max-autotune searches GPU kernels; the CPU uses the default mode)'
-            if device.type == 'cpu' else ''))
+        say('note: CPU run in float32, for tests and laptops; timings mean nothing for GPUs')
+    say("note: torch.compile(mode='%s') compiles during the warm-up run%s" % (
+        compile_mode(device), ' (max-autotune searches GPU kernels; the CPU uses the default mode)'
+        if device.type == 'cpu' else ''))
     train_loader, test_loader, error = load_data(args, device, rank, local_rank, world_size)
     if error:
         if rank == 0:
@@ -879,19 +883,18 @@ def run_all(args, prog, source, device, rank, local_rank, world_size, say):
 
     runs, interrupted, compiled, warmup_seconds, graphs_before = [], False, None, None, None
     try:
-        if not args.no_warmup:
-            # Untimed run on random labels: warms up cuDNN (and compiles, where the script
-            # compiles); every timed run then re-initializes everything from its own seed
-            warmup_loader = copy.copy(train_loader)
-            warmup_loader.labels = torch.randint_like(train_loader.labels, 10)
-            start = time.perf_counter()
-            try:
-                train(hyp, warmup_loader, test_loader, seed=args.seed, run='warmup', verbose=rank == 0)
-            except TrainingDiverged:
-                pass  # random labels: only the warm-up itself matters
-            warmup_seconds = time.perf_counter() - start
-            say('warm-up: %.1f s, untimed%s' % (warmup_seconds, ', including compilation' if compile_mode(device) else ''))
-        graphs_before = torch._dynamo.utils.counters['stats']['unique_graphs'] if compile_mode(device) else None
+        # Untimed run on random labels: compiles and warms up cuDNN (parse_args refuses
+        # --no-warmup); every timed run then re-initializes everything from its own seed
+        warmup_loader = copy.copy(train_loader)
+        warmup_loader.labels = torch.randint_like(train_loader.labels, 10)
+        start = time.perf_counter()
+        try:
+            train(hyp, warmup_loader, test_loader, seed=args.seed, run='warmup', verbose=rank == 0)
+        except TrainingDiverged:
+            pass  # random labels: only the warm-up itself matters
+        warmup_seconds = time.perf_counter() - start
+        say('warm-up: %.1f s, untimed, including compilation' % warmup_seconds)
+        graphs_before = torch._dynamo.utils.counters['stats']['unique_graphs']
         for i in range(rank, args.runs, world_size):
             seed = args.seed + i
             where = dict(rank=rank, device=str(device)) if world_size > 1 else {}

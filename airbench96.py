@@ -662,12 +662,13 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
                 break
         time_seconds += device_clock(device) - start
 
-        # Progress report, outside the clock: the only host syncs of the epoch are here
+        # Progress report, outside the clock: the only host syncs of the epoch are here. The last
+        # step's outputs are read first: compiled as CUDA graphs, the net's next call overwrites them
         train_loss = loss.item() / len(labels)
+        train_acc = (outputs.detach().argmax(1) == labels).float().mean().item()
         if not math.isfinite(train_loss):
             raise TrainingDiverged('the training loss became %s in epoch %d (step %d)' % (train_loss, epoch + 1, step))
-        row = dict(run=run, epoch=epoch + 1, train_loss=train_loss, time_seconds=time_seconds,
-                   train_acc=(outputs.detach().argmax(1) == labels).float().mean().item(),
+        row = dict(run=run, epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, time_seconds=time_seconds,
                    val_acc=evaluate(model, test_loader, tta_level=0))
         epochs.append(row)
         if verbose:
@@ -678,7 +679,8 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     time_seconds += device_clock(device) - start
     if verbose:
         print(format_row(dict(run=run, epoch='eval', tta_val_acc=tta_val_acc, time_seconds=time_seconds)), flush=True)
-    return dict(net=net, tta_val_acc=tta_val_acc, val_acc=epochs[-1]['val_acc'], time_seconds=time_seconds, epochs=epochs)
+    # A copy the caller keeps: a later run may reuse this network (the compiled scripts do)
+    return dict(net=copy.deepcopy(net), tta_val_acc=tta_val_acc, val_acc=epochs[-1]['val_acc'], time_seconds=time_seconds, epochs=epochs)
 
 #############################################
 #                   Main                    #

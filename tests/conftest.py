@@ -50,12 +50,15 @@ from run_with_hyp import edit_hyp  # noqa: E402
 from common import compiles as module_compiles  # noqa: E402
 
 
-@functools.lru_cache(maxsize=None)
-def load_script(name):
+def fresh_script(name):
+    """A new instance of the script's module: nothing compiled or cached yet, as in a new process."""
     spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+load_script = functools.lru_cache(maxsize=None)(fresh_script)  # one instance per script for the session
 
 
 def edited_hyp(module, edits=None):

@@ -213,6 +213,16 @@ def test_main_whitening_bias_trains_every_step_by_default(recorded_run):
     assert all(s['whiten_bias_grad'] for s in main_steps) and len(main_steps) == 25
 
 
+def test_a_proxy_shaped_like_the_main_network_is_another_network(faster, cifar_source):
+    hyp = edited_hyp(faster)
+    hyp['proxy'].update(widths=hyp['net']['widths'], convs_per_block=hyp['net']['convs_per_block'])
+    result = faster.train(hyp, *make_loaders(faster, hyp, cifar_source), seed=0, verbose=False)
+    # The main net's whitening bias trains (freeze off by default), whatever the proxy's shape
+    assert result['net'].whiten.bias.abs().min() > 0
+    nets = [net for net, _ in faster.compiled_nets.values()]
+    assert len({id(net) for net in nets}) == len(nets)
+
+
 def test_both_nets_whiten_and_train_inside_the_timed_spans_without_host_sync(recorded_run):
     whitening, *epochs, tta = recorded_run['timed_ops']
     assert whitening.count('aten._linalg_eigh') == 2  # the main net's whitening init and the proxy's

@@ -5,17 +5,18 @@ import re
 
 import pytest
 
-from conftest import ROOT, SCRIPTS, load_script
+from conftest import ROOT, SCRIPTS, compiles, load_script
 
 # Top-level definitions that may differ from airbench94.py, and why
 INTENDED_CODE_DIFFERENCES = {
     'airbench95.py': set(),
     'airbench96.py': {'ConvGroup'},  # a third conv per block, residual over the last two
-    'airbench94_compiled.py': {'fresh_net', 'compile_mode'},  # one compiled net per process
+    # one compiled net per process; main requires the warm-up that compiles it
+    'airbench94_compiled.py': {'fresh_net', 'compile_mode', 'run_all'},
     # logits / width, whitening bias init, head init, the step loop; compiled as airbench94_compiled
-    'airbench94_muon.py': {'Net', 'make_net', 'train', 'fresh_net', 'compile_mode'},
+    'airbench94_muon.py': {'Net', 'make_net', 'train', 'fresh_net', 'compile_mode', 'run_all'},
     # blocks of 2 (the proxy) or 3 convs; compiled; the proxy and the stream in the step loop
-    'airbench96_faster.py': {'ConvGroup', 'Net', 'fresh_net', 'compile_mode', 'train'},
+    'airbench96_faster.py': {'ConvGroup', 'Net', 'fresh_net', 'compile_mode', 'train', 'run_all'},
 }
 # Top-level names only a sibling has
 INTENDED_EXTRA_NAMES = {
@@ -119,6 +120,13 @@ def test_header_lists_every_intended_change(sibling):
 def test_section_banners_come_in_the_same_order(sibling):
     changes = INTENDED_BANNER_CHANGES.get(sibling, {})
     assert banners(sibling) == [changes.get(banner, banner) for banner in banners('airbench94.py')]
+
+
+@pytest.mark.parametrize('script', [s for s in SCRIPTS if compiles(s)])
+def test_a_compiled_script_has_no_branch_for_skipping_the_warm_up_it_requires(script):
+    # parse_args refuses --no-warmup; nothing after it may still ask whether it was given
+    readers = sorted(name for name, source in definitions(script).items() if 'no_warmup' in source)
+    assert readers == ['parse_args']
 
 
 def test_airbench94_has_the_house_sections():
