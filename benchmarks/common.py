@@ -4,8 +4,10 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -33,12 +35,31 @@ def script_command(script, hyp_edits, cli, python=(sys.executable,)):
     return [*python, os.path.join(ROOT, script), *cli]
 
 
-def run_logged(script, hyp_edits, cli, log_dir):
-    """Run a script's CLI (`cli` holds --log-dir log_dir) with its output on the console; returns
-    (exit code, wall seconds, the path of the log it wrote or None)."""
+def run_until(command, deadline=None, grace_seconds=15, **popen_args):
+    """subprocess.run(command, **popen_args).returncode, except that at `deadline` (a time.time()) the
+    command is stopped as by Ctrl-C (the scripts and pytest then summarize and log what finished),
+    and killed if it has not ended `grace_seconds` later."""
+    def ctrl_c_stops():  # a process started in the background of a shell ignores SIGINT, and so would its children
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with subprocess.Popen(command, preexec_fn=ctrl_c_stops, **popen_args) as process:
+        try:
+            return process.wait(timeout=None if deadline is None else max(deadline - time.time(), 0))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+
+def run_logged(script, hyp_edits, cli, log_dir, deadline=None):
+    """Run a script's CLI (`cli` holds --log-dir log_dir) with its output on the console, stopped as
+    by Ctrl-C at `deadline` if one is given (run_until); returns (exit code, wall seconds, the path
+    of the log it wrote or None)."""
     before = set(glob.glob(os.path.join(log_dir, '*.json')))
     start = time.time()
-    returncode = subprocess.run(script_command(script, hyp_edits, cli), cwd=ROOT).returncode
+    returncode = run_until(script_command(script, hyp_edits, cli), deadline, cwd=ROOT)
     wall_seconds = time.time() - start
     new_logs = [path for path in sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
                 if is_log_of(path, script, cli)]  # other benchmarks may log here meanwhile
@@ -79,6 +100,23 @@ def machine_description(device='cpu'):
         model = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
                       if line.startswith('model name')), model)
     return '%s, %d cores available, %d torch threads' % (model, len(os.sched_getaffinity(0)), torch.get_num_threads())
+
+
+def write_atomically(path, text):
+    """Replace the file at `path` by `text` so that it holds either the old or the new text whenever
+    the process is killed: a temporary file beside it, flushed to disk, then renamed over it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile('w', dir=folder, prefix='.' + os.path.basename(path) + '-', delete=False) as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(f.name, 0o644)  # a temporary file is private; the file it replaces is not
+    os.replace(f.name, path)
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself
+    finally:
+        os.close(directory)
 
 
 def append_result(lines, path=RESULTS):
