@@ -747,7 +747,22 @@ def load_data(args, device, rank, local_rank, world_size):
     return loaders[0], loaders[1], None
 
 
+MIN_TORCH = (2, 4)  # the oldest torch this script accepts: the published runs used 2.4
+
+
+def torch_too_old(version):
+    """A one-line error if torch `version` (e.g. '2.13.0+cpu') is older than MIN_TORCH, else None."""
+    major, minor = (int(part) for part in version.split('.')[:2])
+    if (major, minor) < MIN_TORCH:
+        return 'torch %s is too old: this script needs torch %d.%d or newer' % ((version,) + MIN_TORCH)
+    return None
+
+
 def main(argv=None):
+    too_old = torch_too_old(torch.__version__)
+    if too_old:
+        print('%s: error: %s' % (os.path.basename(__file__), too_old), file=sys.stderr)
+        return 1
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     prog = os.path.basename(__file__)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import cifar_files
-from conftest import (ROOT, SCRIPTS, allow_ctrl_c, cli_command, compiles, diverging_edits, file_snapshot, quick_args,
-                      run_cli, tiny_hyp)
+from conftest import (ROOT, SCRIPTS, allow_ctrl_c, cli_command, compiles, diverging_edits, file_snapshot, load_script,
+                      quick_args, run_cli, tiny_hyp)
 
 
 def only_log(log_dir):
@@ -173,3 +173,10 @@ def test_import_has_no_side_effects(script, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (result.stdout, result.stderr) == ('[] False\n', '')  # printed nothing itself, holds no tensors
     assert os.listdir(tmp_path) == []  # downloaded and wrote nothing
+
+
+def test_a_torch_older_than_the_scripts_minimum_gets_one_clear_line():
+    module = load_script('airbench94.py')  # main() is shared by every script (tests/test_siblings.py)
+    assert module.torch_too_old(torch.__version__) is None
+    assert module.torch_too_old('2.4.0') is None and module.torch_too_old('10.0.0') is None
+    assert module.torch_too_old('2.3.1+cu121') == 'torch 2.3.1+cu121 is too old: this script needs torch 2.4 or newer'
