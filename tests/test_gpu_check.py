@@ -194,7 +194,8 @@ def test_a_short_budget_leaves_every_finished_stage_in_out(short):
                      entry, re.M)
     assert field(entry, r'^- not started, too little time left: (.*)$')[0] == '; '.join(
         '%s (%s)' % (gpu_check.stage_name(s), s['not_started']) for s in short['stages'] if 'not_started' in s)
-    tests = [s for s in stages if s['stage'] == 'cuda-tests']
+    # On a slow machine the budget may end inside the tests: stopped, pytest writes no counts to compare
+    tests = [s for s in stages if s['stage'] == 'cuda-tests' and not s['stopped']]
     if tests:
         assert cuda_tests_line(entry) == tuple(tests[0][k] for k in ('passed', 'failed', 'errors', 'skipped'))
     timed = [s['script'] for s in stages if s['stage'] == 'timed']
