@@ -1,4 +1,10 @@
-"""What the benchmark drivers share: real images on disk, the hyp-editing driver, the machine, RESULTS.md."""
+"""What the benchmarks share: real images on disk, the harness that runs the scripts, the machine, RESULTS.md.
+
+Every benchmark runs from the repository root as `python -m benchmarks.NAME`. A script's timed runs go
+through harness.py (`python harness.py SCRIPT ... --set PATH=VALUE`), which edits hyp and writes one
+JSON log per invocation; in-process measurements load a script with load_script(), harness.py's own
+loader and hyp editor.
+"""
 import glob
 import json
 import os
@@ -12,11 +18,13 @@ import time
 
 import torch
 
+import harness
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 RESULTS = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
 
-DRIVER = os.path.join(ROOT, 'benchmarks', 'run_with_hyp.py')  # runs a script's CLI with hyp edits
+HARNESS = os.path.join(ROOT, 'harness.py')  # runs any script's timed runs, with --set hyp edits
 
 
 def write_real_images(data_dir, limit_train=None, limit_test=None, shared_data=SHARED_DATA):
@@ -28,16 +36,38 @@ def write_real_images(data_dir, limit_train=None, limit_test=None, shared_data=S
                        check=True)
 
 
-def script_command(script, hyp_edits, cli, python=(sys.executable,)):
-    """The command that runs a script's CLI, through DRIVER when hyp is edited."""
-    if hyp_edits:
-        return [*python, DRIVER, script, json.dumps(hyp_edits), *cli]
-    return [*python, os.path.join(ROOT, script), *cli]
+def load_script(script, settings=()):
+    """A fresh module of `script` (a path relative to the repository, or absolute) with the [path, value]
+    `settings` applied to its hyp as harness.py's --set applies them (a path not in hyp is an error)."""
+    module = harness.load_script(os.path.join(ROOT, script))
+    for path, value in settings:
+        error = harness.edit_hyp(module.hyp, path, value)
+        if error:
+            raise ValueError('%s: hyp edit %s: %s' % (script, path, error))
+    return module
+
+
+def harness_argv(script, settings, cli):
+    """harness.py's arguments (its log's 'argv') for `script` with the flags `cli` and the hyp edits."""
+    sets = [flag for path, value in settings for flag in ('--set', '%s=%s' % (path, json.dumps(value)))]
+    return [script, *cli, *sets]
+
+
+def script_command(script, settings, cli, python=(sys.executable,)):
+    """The command that runs `script`'s timed runs through the harness (`python` may be a torchrun
+    launcher); run it from ROOT, the script being relative to it."""
+    return [*python, HARNESS, *harness_argv(script, settings, cli)]
+
+
+def shown_command(command):
+    """A command as an entry shows it: 'python', and paths inside the repository relative to it."""
+    return ' '.join(['python'] + [shlex.quote(os.path.relpath(a, ROOT) if a.startswith(ROOT + os.sep) else a)
+                                  for a in command[1:]])
 
 
 def run_until(command, deadline=None, grace_seconds=15, **popen_args):
     """subprocess.run(command, **popen_args).returncode, except that at `deadline` (a time.time()) the
-    command is stopped as by Ctrl-C (the scripts and pytest then summarize and log what finished),
+    command is stopped as by Ctrl-C (the harness and pytest then summarize and log what finished),
     and killed if it has not ended `grace_seconds` later."""
     def ctrl_c_stops():  # a process started in the background of a shell ignores SIGINT, and so would its children
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -53,33 +83,40 @@ def run_until(command, deadline=None, grace_seconds=15, **popen_args):
             return process.wait()
 
 
-def run_logged(script, hyp_edits, cli, log_dir, deadline=None):
-    """Run a script's CLI (`cli` holds --log-dir log_dir) with its output on the console, stopped as
-    by Ctrl-C at `deadline` if one is given (run_until); returns (exit code, wall seconds, the path
-    of the log it wrote or None)."""
+def run_logged(script, settings, cli, log_dir, deadline=None, python=(sys.executable,), **popen_args):
+    """Run `script` through the harness (`cli` holds --log-dir log_dir) from ROOT, with its output on the
+    console unless popen_args say otherwise, stopped as by Ctrl-C at `deadline` if one is given
+    (run_until); returns (exit code, wall seconds, the path of the log it wrote or None)."""
     before = set(glob.glob(os.path.join(log_dir, '*.json')))
     start = time.time()
-    returncode = run_until(script_command(script, hyp_edits, cli), deadline, cwd=ROOT)
+    returncode = run_until(script_command(script, settings, cli, python), deadline, cwd=ROOT, **popen_args)
     wall_seconds = time.time() - start
+    argv = harness_argv(script, settings, cli)
     new_logs = [path for path in sorted(set(glob.glob(os.path.join(log_dir, '*.json'))) - before)
-                if is_log_of(path, script, cli)]  # other benchmarks may log here meanwhile
+                if is_log_of(path, script, argv)]  # other benchmarks may log here meanwhile
     return returncode, wall_seconds, new_logs[0] if len(new_logs) == 1 else None
 
 
-def is_log_of(path, script, cli):
-    log = json.load(open(path))
-    return log['script'] == os.path.basename(script) and log['argv'] == cli
+def is_log_of(path, script, argv):
+    """Whether the JSON log at `path` is harness.py's of `script` run with the arguments `argv`
+    (harness_argv(): the script, its flags, its --set edits)."""
+    try:
+        with open(path) as f:
+            log = json.load(f)
+    except (OSError, ValueError):  # another process's log, still being written or not JSON
+        return False
+    return log.get('script') == os.path.basename(script) and log.get('argv') == argv
 
 
 def compiles(module):
     """Whether a script (its module) compiles its network in the warm-up run, which it then does
-    not let you skip."""
-    return module.compile_mode(torch.device('cpu')) is not None
+    not let you skip: the compiled scripts define compile_mode, the eager ones do not."""
+    return hasattr(module, 'compile_mode')
 
 
 def parse_setting(text):
-    path, _, value = text.partition('=')
-    return [path, json.loads(value)]
+    """--set PATH=VALUE (VALUE JSON) as [path, value], parsed as harness.py parses its own --set."""
+    return list(harness.parse_set(text))
 
 
 def settings_text(settings):
@@ -89,7 +126,7 @@ def settings_text(settings):
 
 def settings_flags(settings):
     """The same edits as the --set flags that make them, each with a leading space."""
-    return ''.join(' --set %s=%s' % (path, shlex.quote(json.dumps(value))) for path, value in settings)
+    return ''.join(' --set %s' % shlex.quote('%s=%s' % (path, json.dumps(value))) for path, value in settings)
 
 
 def machine_description(device='cpu'):

@@ -5,25 +5,29 @@ also compiles its three graphs there, so the difference of the two warm-ups is t
 time. Uses the full network on a subset of the shared real images (first 5120 train / 1000
 test) with a 4-epoch schedule, which passes the whitening-bias freeze after epoch 3.
 
-    python benchmarks/compile_time.py
+    python -m benchmarks.compile_time   # from the repository root
+
+Each script runs through harness.py (`python harness.py SCRIPT --runs 2 --seed 0 --set
+opt.train_epochs=4 ...`), whose log gives the warm-up seconds and the graphs compiled in the
+timed runs.
 """
 import argparse
-import glob
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 
 import torch
 
-from common import ROOT, append_result, machine_description, script_command, write_real_images
+from benchmarks.common import ROOT, append_result, machine_description, run_logged, write_real_images
 
 HYP = [['opt.train_epochs', 4]]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.compile_time', description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg-5k')
     parser.add_argument('--note', default='', help='recorded with the result, e.g. what else ran on the machine')
@@ -34,15 +38,17 @@ def main():
     for script in ('airbench94.py', 'airbench94_compiled.py'):
         cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', '2', '--seed', '0', '--log-dir', log_dir]
         cold_cache = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix='inductor-'))  # a first compile
-        subprocess.run(script_command(script, HYP, cli), cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env=cold_cache)
-        path = max(glob.glob(os.path.join(log_dir, script[:-3] + '-*.json')), key=os.path.getmtime)
-        logs[script] = (json.load(open(path)), os.path.relpath(path, ROOT))
+        returncode, _, path = run_logged(script, HYP, cli, log_dir, stdout=subprocess.DEVNULL, env=cold_cache)
+        if returncode != 0 or path is None:
+            sys.exit('%s failed: exit code %d, %s' % (script, returncode, 'its log: %s' % path if path else 'no log'))
+        with open(path) as f:
+            logs[script] = (json.load(f), os.path.relpath(path, ROOT))
     (eager, eager_path), (compiled, compiled_path) = logs.values()
     per_run = {name: sum(r['time_seconds'] for r in log['runs']) / len(log['runs']) for name, (log, _) in logs.items()}
     append_result([
         '### First compile of airbench94_compiled.py, %s, %s' % (args.device, time.strftime('%Y-%m-%d')),
         '',
-        '- command: `python benchmarks/compile_time.py --device %s`' % args.device,
+        '- command: `python -m benchmarks.compile_time --device %s` (each script through harness.py)' % args.device,
         '- data: the shared real images, first 5120 train / 1000 test; hyp edits: opt.train_epochs=4; full network; '
         'an empty inductor cache (TORCHINDUCTOR_CACHE_DIR), as on a fresh machine',
         '- machine: %s; torch %s; compile mode %s' % (machine_description(args.device), torch.__version__,

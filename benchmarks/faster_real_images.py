@@ -1,8 +1,8 @@
 """airbench96_faster.py on the real images: accuracy, where the time goes, and what the filter keeps.
 
 Writes the shared JPEG-re-encoded CIFAR-10 in the official on-disk format (once), compiles both
-networks in an untimed warm-up of 2 steps (the CLI's warm-up would repeat the whole run, which
-on a CPU costs as much as the run itself), then calls train() once and appends to
+networks in an untimed warm-up of 2 steps (the harness's warm-up would repeat the whole run,
+which on a CPU costs as much as the run itself), then calls train() once in this process and appends to
 benchmarks/RESULTS.md:
 
 - the TTA accuracy, and the validation accuracy after every epoch;
@@ -16,7 +16,9 @@ benchmarks/RESULTS.md:
   accuracy on each half and the share of the proxy's kept images among the main network's
   own hardest half (0.5 would be a random pick).
 
-    python benchmarks/faster_real_images.py --set opt.train_epochs=10
+    python -m benchmarks.faster_real_images --set opt.train_epochs=10   # from the repository root
+
+--set edits hyp as harness.py's --set does (its loader and editor: benchmarks.common.load_script).
 
 The split comes from timestamps taken where train() hands control to code outside it: the
 training stream (wrapped), its record hook, and device_clock (wrapped). On a CPU every op has
@@ -35,9 +37,8 @@ import time
 
 import torch
 
-from common import (RESULTS, ROOT, append_result, machine_description, parse_setting, settings_flags, settings_text,
-                    write_real_images)
-from run_with_hyp import load_edited
+from benchmarks.common import (RESULTS, ROOT, append_result, load_script, machine_description, parse_setting,
+                               settings_flags, settings_text, write_real_images)
 
 SCRIPT = 'airbench96_faster.py'
 PARTS = ['whitening', 'stream', 'proxy', 'main', 'tta']  # the timed span, in the order of a run
@@ -157,7 +158,8 @@ def mean(values):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.faster_real_images',
+                                     description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg', help='where the official-format files are written')
     parser.add_argument('--set', type=parse_setting, action='append', default=[], metavar='PATH=JSON',
@@ -168,7 +170,7 @@ def main():
     args = parser.parse_args()
 
     write_real_images(args.data_dir)
-    module = load_edited(SCRIPT, args.set)
+    module = load_script(SCRIPT, args.set)
     hyp, device = module.hyp, torch.device(args.device)
     train_loader = module.CifarLoader(args.data_dir, train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'],
                                       device=device)
@@ -229,7 +231,7 @@ def record(args, module, result, timeline, probe, warmup_seconds, graphs_compile
         '### %s on real images: accuracy, time split, what the filter keeps; %s, %s' % (
             SCRIPT, args.device, time.strftime('%Y-%m-%d')),
         '',
-        '- command: `python benchmarks/faster_real_images.py --device %s --seed %d --probe-every %d%s`' % (
+        '- command: `python -m benchmarks.faster_real_images --device %s --seed %d --probe-every %d%s`' % (
             args.device, args.seed, args.probe_every,
             settings_flags(args.set)),
         '- hyp edits: %s' % (settings_text(args.set) or 'none'),

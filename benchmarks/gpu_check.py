@@ -1,18 +1,23 @@
 """One command for the first CUDA GPU: run what only a GPU can confirm, within a time budget, and record it.
 
-    python benchmarks/gpu_check.py --shared-data .data --budget-seconds 540 --out "$OUT"   # benchmarks/README.md
-    python benchmarks/gpu_check.py --record DIR   # then: DIR's entry into RESULTS.md, its logs into benchmarks/logs
-    python benchmarks/gpu_check.py --data-dir cifar10 --runs airbench95.py=5 --runs airbench96.py=2
-    python benchmarks/gpu_check.py --device cpu --smoke --results /tmp/entry.md   # tests/test_gpu_check.py
+    python -m benchmarks.gpu_check --shared-data .data --budget-seconds 540 --out "$OUT"   # benchmarks/README.md
+    python -m benchmarks.gpu_check --record DIR   # then: DIR's entry into RESULTS.md, its logs into benchmarks/logs
+    python -m benchmarks.gpu_check --data-dir cifar10 --runs airbench95.py=5 --runs airbench96.py=2
+    python -m benchmarks.gpu_check --device cpu --smoke --results /tmp/entry.md   # tests/test_gpu_check.py
+
+(from the repository root, as every benchmark.)
 
 Stages, in order of value:
-a. tests/test_cuda.py under pytest (the CUDA precision policy on the device, no host sync in the
-   training steps, the compiled scripts' runs without recompiling, channels_last at every conv
-   input, cuDNN benchmarking): how many passed, failed and skipped.
-b.-e. Timed runs of each airbench*.py through its own command line, n per script: TIMED_RUNS in
-   that order, then any other airbench*.py (OTHER_RUNS); --runs SCRIPT=N overrides n. From each
-   JSON log: mean and std of the TTA accuracy and of the seconds per run, the warm-up (compile)
-   time and the graphs compiled during the timed runs.
+a. The CUDA-only tests (CUDA_TESTS: tests/test_on_gpu.py) under pytest (the CUDA precision policy on
+   the device, no host sync in the training steps, the compiled scripts' runs without recompiling,
+   channels_last at every conv input, cuDNN benchmarking): how many passed, failed and skipped.
+b.-e. Timed runs of each airbench*.py through harness.py (`python harness.py SCRIPT --runs n --seed 0
+   ...`, --set for --smoke's hyp edits), n per script: TIMED_RUNS in that order, then any other
+   airbench*.py (OTHER_RUNS); --runs SCRIPT=N overrides n. From each harness JSON log: mean and std
+   of the TTA accuracy, the one-sided t-test of mean > the script's target (p-value), mean and std
+   of the seconds per run (airbench's convention: whitening init + training + final TTA), the mean
+   seconds without the final TTA, the warm-up (compile) time and the graphs compiled during the
+   timed runs.
 f. Where one run's time goes: a matmul ceiling, then torch.profiler over one train() of each script
    after a warm-up train(): the whitening init, each epoch and the final TTA (the spans between the
    script's own device_clock calls), device busy against wall time, and the achieved TFLOP/s
@@ -27,10 +32,10 @@ time; for one not yet timed, those of a timed script scaled by their published A
 not), a compilation counted COMPILE_MARGIN times, and the whole ESTIMATE_MARGIN times. A stage with
 nothing comparable measured before it (the tests, the first timed script, the first compiling one)
 starts whenever time is left. A stage still running when the budget ends is stopped as by Ctrl-C:
-the scripts and pytest then log what finished, and that is kept.
+the harness and pytest then log what finished, and that is kept.
 
 --out DIR: after every stage, DIR/stages.jsonl (one JSON object per stage: what it measured or why
-it was skipped; a timed stage holds its script's whole JSON log) and DIR/entry.md (the RESULTS.md
+it was skipped; a timed stage holds its harness JSON log whole) and DIR/entry.md (the RESULTS.md
 entry so far) are rewritten atomically, so that a command killed at any moment leaves every stage
 that finished. `--record DIR` appends that entry to benchmarks/RESULTS.md and writes the logs to
 benchmarks/logs, where the entry points. At the end the entry is printed and appended to
@@ -60,15 +65,13 @@ import torch
 from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import (ROOT, RESULTS, SHARED_DATA, append_result, machine_description, run_logged, run_until,
-                    settings_text, write_atomically, write_real_images)
-from run_with_hyp import load_edited
-
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-import cifar_files  # noqa: E402 (tests/: small learnable data in the official format)
+import harness
+from benchmarks.common import (ROOT, RESULTS, SHARED_DATA, append_result, compiles, load_script, machine_description,
+                               run_logged, run_until, settings_text, write_atomically, write_real_images)
+from support import cifar_files  # small learnable data in the official format
 
 # --smoke: the tests' TINY_HYP (tests/conftest.py) shortened to 2 epochs (8 steps of 128 over 640
-# images that tests/cifar_files.py writes), and 250 test images: a run of seconds on a CPU
+# images that support/cifar_files.py writes), and 250 test images: a run of seconds on a CPU
 SMOKE_HYP = [['opt.batch_size', 128], ['opt.train_epochs', 1.5],
              ['net.widths', {'block1': 16, 'block2': 32, 'block3': 32}], ['net.whiten_images', 256]]
 SMOKE_TRAIN_IMAGES, SMOKE_TEST_IMAGES = 640, 250
@@ -94,10 +97,11 @@ ESTIMATE_MARGIN, COMPILE_MARGIN, PROFILED_RUN = 1.25, 2, 2
 SPEC_TFLOPS = {'airbench94.py': 350, 'airbench94_compiled.py': 350, 'airbench95.py': 1338, 'airbench96.py': 4895}
 
 REAL_IMAGES_DIR = '/tmp/cifar10-jpeg'  # where the shared images are written, as by benchmarks/real_images.py
-CUDA_TESTS = 'tests/test_cuda.py'
+CUDA_TESTS = ['tests/test_on_gpu.py']  # stage a's pytest files, relative to the repository root
 JUNIT_OUTCOMES = {'failure': 'failed', 'error': 'errors', 'skipped': 'skipped'}
 STAGES, ENTRY = 'stages.jsonl', 'entry.md'  # what --out writes
-STAGE_NAMES = {'cuda-tests': 'the CUDA-only tests (%s)' % CUDA_TESTS, 'timed': 'timed runs of %(script)s, n = %(n)d',
+STAGE_NAMES = {'cuda-tests': 'the CUDA-only tests (%s)' % ' '.join(CUDA_TESTS),
+               'timed': 'timed runs of %(script)s, n = %(n)d',
                'matmul-ceiling': 'the matmul ceiling', 'profile': 'the profile of %(script)s'}
 
 
@@ -113,7 +117,7 @@ def parse_args(argv, scripts):
             raise argparse.ArgumentTypeError('expected a positive whole number of seconds, not %r' % text)
         return int(text)
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.gpu_check', description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog='\n'.join(__doc__.splitlines()[1:]))
     parser.add_argument('--device', choices=['cuda', 'cpu'], default='cuda', help='cpu only with --smoke')
@@ -174,7 +178,7 @@ def prepare_data(args, tmp):
     if args.smoke:
         data_dir = os.path.join(tmp, 'cifar10')
         cifar_files.write_batches(data_dir, n_train=SMOKE_TRAIN_IMAGES, n_test=SMOKE_TEST_IMAGES)
-        return data_dir, 'tiny look-alike data made by tests/cifar_files.py'
+        return data_dir, 'tiny look-alike data made by support/cifar_files.py'
     if args.data_dir:
         return os.path.abspath(args.data_dir), 'CIFAR-10 from --data-dir %s' % args.data_dir
     write_real_images(REAL_IMAGES_DIR, shared_data=args.shared_data)
@@ -196,12 +200,12 @@ def planned_runs(scripts, args):
 #############################################
 
 def run_cuda_tests(tmp, deadline, device):
-    """tests/test_cuda.py under pytest in a subprocess, stopped at `deadline`: counts by outcome, the
+    """The CUDA_TESTS under pytest in a subprocess, stopped at `deadline`: counts by outcome, the
     failed tests' names and each test's seconds. With --device cpu (--smoke) the tests see no CUDA
     device, on a machine with one too: every test skips, as on a CPU."""
     report = os.path.join(tmp, 'test_cuda.xml')
     start = time.time()
-    returncode = run_until([sys.executable, '-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', CUDA_TESTS,
+    returncode = run_until([sys.executable, '-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', *CUDA_TESTS,
                             '--junitxml', report], deadline, cwd=ROOT,
                            env=dict(os.environ, **({} if device.type == 'cuda' else {'CUDA_VISIBLE_DEVICES': ''})))
     tests = dict(stage='cuda-tests', passed=0, failed=0, errors=0, skipped=0, names_failed=[], exit_code=returncode,
@@ -220,17 +224,18 @@ def run_cuda_tests(tmp, deadline, device):
     return tests
 
 #############################################
-#       2. Timed runs through the CLI       #
+#     2. Timed runs through the harness     #
 #############################################
 
 def warms_up(module, device):
     """Whether a warm-up run warms anything: cuDNN's algorithm search on CUDA, or compilation."""
-    return device.type == 'cuda' or module.compile_mode(device) is not None
+    return device.type == 'cuda' or compiles(module)
 
 
 def timed_runs(stage, edits, device, data_dir, log_dir, warmup, deadline):
-    """The stage's n timed runs of its script's CLI (after its own warm-up), stopped at `deadline`,
-    summarized from its JSON log, which the record keeps whole ('log_json')."""
+    """The stage's n timed runs of its script through the harness (after the harness's warm-up run,
+    where `warmup`), with the hyp `edits` as --set flags, stopped at `deadline`, summarized from the
+    harness's JSON log, which the record keeps whole ('log_json')."""
     script, n = stage['script'], stage['n']
     cli = ['--runs', str(n), '--seed', '0', '--device', device.type, '--data-dir', data_dir, '--log-dir', log_dir]
     if not warmup:
@@ -239,12 +244,16 @@ def timed_runs(stage, edits, device, data_dir, log_dir, warmup, deadline):
     stage = dict(stage, wall_seconds=wall_seconds, stopped=time.time() >= deadline)
     if log_path is None:
         return dict(stage, error='exit code %d, no log' % returncode)
-    log = json.load(open(log_path))
+    with open(log_path) as f:
+        log = json.load(f)
     ok = [r for r in log['runs'] if r['status'] == 'ok']
     stopped = stage['stopped'] or log['interrupted']
+    summary = log['summary']
     return dict(stage, ok=len(ok), failed=len(log['runs']) - len(ok), accs=[r['tta_val_acc'] for r in ok],
-                run_seconds=[r['time_seconds'] for r in ok], warmup_seconds=log['warmup_seconds'],
-                compile=log['compile'], data_counts=log['data_counts'], log=shown_path(log_path), stopped=stopped,
+                run_seconds=[r['time_seconds'] for r in ok], train_seconds=[r['train_seconds'] for r in ok],
+                target=summary['target'], t_statistic=summary['t_statistic'], p_value=summary['p_value'],
+                warmup_seconds=log['warmup_seconds'], compile=log['compile'], data_counts=log['data_counts'],
+                log=shown_path(log_path), stopped=stopped,
                 error=None if returncode == 0 or stopped else 'exit code %d' % returncode, log_json=log)
 
 
@@ -307,10 +316,9 @@ def timed_flops(module, loaders):
 def profile_run(module, device, data_dir, count_flops):
     """One train() under torch.profiler, after a warm-up train() where it warms something (cuDNN's
     algorithm search, compilation); with count_flops, one more under FlopCounterMode."""
-    train_loader, test_loader, error = module.load_data(argparse.Namespace(data_dir=data_dir), device, 0, 0, 1)
+    loaders, error = harness.load_data(module, data_dir, device, rank=0, local_rank=0, world_size=1)
     if error:
         raise RuntimeError(error)
-    loaders = (train_loader, test_loader)
     if warms_up(module, device):
         module.train(module.hyp, *loaders, seed=0, verbose=False)
     activity = torch.profiler.ProfilerActivity.CUDA if device.type == 'cuda' else torch.profiler.ProfilerActivity.CPU
@@ -371,15 +379,14 @@ def expected_costs(script, timed, modules, device):
         like, published, PUBLISHED_SECONDS[like], '' if script in PUBLISHED_SECONDS else ', none for this script')
     if not warms_up(modules[script], device):
         return (outside, 0, per_run), basis
-    compiles = modules[script].compile_mode(device) is not None
-    alike = next((s for s in measured if warms_up(modules[s], device)
-                  and (modules[s].compile_mode(device) is not None) == compiles), None)
+    compiling = compiles(modules[script])
+    alike = next((s for s in measured if warms_up(modules[s], device) and compiles(modules[s]) == compiling), None)
     if alike is None:
         return None
     _, alike_warmup, alike_run = command_costs(timed[alike])
-    warmup = per_run + max(alike_warmup - alike_run, 0) * (COMPILE_MARGIN if compiles else 1)
+    warmup = per_run + max(alike_warmup - alike_run, 0) * (COMPILE_MARGIN if compiling else 1)
     return (outside, warmup, per_run), '%s; warm-up: a run plus %s' % (
-        basis, "%d x %s's compilation" % (COMPILE_MARGIN, alike) if compiles else "%s's cuDNN search" % alike)
+        basis, "%d x %s's compilation" % (COMPILE_MARGIN, alike) if compiling else "%s's cuDNN search" % alike)
 
 
 def estimate(script, runs, timed, modules, device):
@@ -476,18 +483,28 @@ def number(value, form):
     return 'n/a' if value is None else form % value
 
 
+def t_test_cell(t):
+    """'> 94%: p = 0.012' (the one-sided t-test of mean > target), or why there is none."""
+    if not t['accs']:
+        return 'n/a'
+    return '> %s%%: %s' % ('%g' % (100 * t['target']),
+                           'n/a (1 run)' if t['p_value'] is None else 'p = %.3g' % t['p_value'])
+
+
 def timed_row(script, t):
     if 'accs' not in t:
-        return '| %s | %d | failed: %s | | | | | | | |' % (script, t['n'], t['error'])
+        return '| %s | %d | failed: %s | | | | | | | | | |' % (script, t['n'], t['error'])
     acc, acc_std = mean_std(t['accs'])
     seconds, seconds_std = mean_std(t['run_seconds'])
+    train_seconds, _ = mean_std(t['train_seconds'])
+    graphs = t['compile'] and t['compile']['graphs_compiled_in_timed_runs']
     notes = [t['error']] if t['error'] else []
     notes += ['stopped at the end of the budget'] if t['stopped'] else []
-    return '| %s | %d | %d / %d%s | %s | %s | %s | %s | %s | %s | `%s` |' % (
+    return '| %s | %d | %d / %d%s | %s | %s | %s | %s | %s | %s | %s | %s | `%s` |' % (
         script, t['n'], t['ok'], t['failed'], ' (%s)' % '; '.join(notes) if notes else '',
-        number(acc and 100 * acc, '%.2f%%'), number(acc_std and 100 * acc_std, '%.2f'),
-        number(seconds, '%.3f'), number(seconds_std, '%.3f'), number(t['warmup_seconds'], '%.1f'),
-        t['compile']['graphs_compiled_in_timed_runs'] if t['compile'] else '-', t['log'])
+        number(acc and 100 * acc, '%.2f%%'), number(acc_std and 100 * acc_std, '%.2f'), t_test_cell(t),
+        number(seconds, '%.3f'), number(seconds_std, '%.3f'), number(train_seconds, '%.3f'),
+        number(t['warmup_seconds'], '%.1f'), ('n/a' if graphs is None else graphs) if t['compile'] else '-', t['log'])
 
 
 def profile_row(script, p, tflops, source, seconds_per_run, ceiling_tflops):
@@ -533,7 +550,7 @@ def results_entry(stages):
             stage_name(s) for s in stopped))
     if tests:
         lines.append('- CUDA tests (`python -m pytest %s`, %.0f s): %d passed, %d failed, %d errors, %d skipped%s%s' % (
-            CUDA_TESTS, tests['seconds'], tests['passed'], tests['failed'], tests['errors'], tests['skipped'],
+            ' '.join(CUDA_TESTS), tests['seconds'], tests['passed'], tests['failed'], tests['errors'], tests['skipped'],
             ' (--device cpu: no CUDA device visible to them, every test skips)' if setup['device'] != 'cuda' else '',
             '; not passed: %s' % ', '.join(tests['names_failed']) if tests['names_failed'] else ''))
     if ceiling:
@@ -542,14 +559,17 @@ def results_entry(stages):
     if timed:
         lines += [
             '',
-            "Timed runs, each script's command line (`--runs n --seed 0 --device %s`, after its own untimed warm-up%s; "
-            'seconds per run: whitening init + training + final TTA, device-synchronized):' % (
-                setup['device'],
+            'Timed runs through the harness (`python harness.py SCRIPT --runs n --seed 0 --device %s%s`, after '
+            'its untimed warm-up run%s; the t-test: one-sided, of mean TTA accuracy > the target, over the finished '
+            'runs; seconds per run: whitening init + training + final TTA, device-synchronized, as airbench times '
+            'it; without the final TTA: as the 2026 records time it):' % (
+                setup['device'], ' --set ...' if setup['smoke'] else '',
                 '' if setup['device'] == 'cuda' else ' where the script compiles (--no-warmup elsewhere)'),
             '',
-            '| script | n | finished / failed | TTA accuracy mean | std (points) | seconds per run mean | std | '
-            'warm-up s (compile included) | graphs compiled in timed runs | log |',
-            '|---|---|---|---|---|---|---|---|---|---|',
+            '| script | n | finished / failed | TTA accuracy mean | std (points) | t-test vs target | '
+            'seconds per run mean | std | without final TTA, mean | warm-up s (compile included) | '
+            'graphs compiled in timed runs | log |',
+            '|---|---|---|---|---|---|---|---|---|---|---|---|',
         ] + [timed_row(script, t) for script, t in timed.items()]
     if profiles:
         lines += [
@@ -605,13 +625,13 @@ def main(argv=None):
     device = torch.device(args.device)
     runs = planned_runs(scripts, args)
     edits = SMOKE_HYP if args.smoke else []
-    modules = {script: load_edited(script, edits, name=script[:-3]) for script in runs}
+    modules = {script: load_script(script, edits) for script in runs}
     check = Check(args)
     with tempfile.TemporaryDirectory(prefix='gpu_check-') as tmp:
         data_dir, data_line = prepare_data(args, tmp)
         check.add(dict(stage='setup', smoke=args.smoke, device=device.type, date=time.strftime('%Y-%m-%d'),
                        gpu=machine_description('cuda') if device.type == 'cuda' else 'cpu',
-                       command=' '.join(['python', 'benchmarks/gpu_check.py'] + [shlex.quote(a) for a in argv]),
+                       command=' '.join(['python', '-m', 'benchmarks.gpu_check'] + [shlex.quote(a) for a in argv]),
                        machine=describe_machine(device), data=data_line, budget_seconds=args.budget_seconds,
                        hyp_edits=settings_text(edits) or 'none (the published methods)'))
         log_dir = os.path.join(tmp, 'logs') if args.smoke else os.path.join(ROOT, 'benchmarks', 'logs')

@@ -9,27 +9,25 @@ averaged over the first epoch of 48 steps (lookahead updates and per-epoch data 
 included), an evaluation batch over the final 6-view TTA of 5 batches (CIFAR-10's test set in
 batches of 2000). Appends a table to benchmarks/RESULTS.md.
 
-    python benchmarks/ops_per_step.py
+    python -m benchmarks.ops_per_step   # from the repository root
 """
 import argparse
 import glob
+import math
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
 
 import torch
 
-from common import ROOT, append_result, machine_description
-from op_counting import SYNC_OPS, OpRecorder, recording_by_clock
-from run_with_hyp import load_edited
-
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-import cifar_files  # noqa: E402
-from reference_loop import ReferenceLoop  # noqa: E402
+from benchmarks.common import ROOT, append_result, load_script, machine_description
+from support import cifar_files
+from support.op_counting import SYNC_OPS, OpRecorder, recording_by_clock
+from support.reference_loop import ReferenceLoop
 
 STEPS_PER_EPOCH, EVAL_BATCHES, BATCH = 48, 5, 8
+REFERENCE = 'reference loop (support/reference_loop.py)'  # its row
 EDITS = [['opt.batch_size', BATCH], ['opt.train_epochs', 2], ['net.whiten_images', 64],
          ['net.widths', {'block1': 8, 'block2': 16, 'block3': 16}]]
 
@@ -41,12 +39,12 @@ def count(recorder, ops, per):
 
 def count_script(script, data_dir):
     """(per step, per evaluation batch) for one script's train(), split at its device_clock calls."""
-    module = load_edited(script, EDITS, name=os.path.basename(script)[:-3])
+    module = load_script(script, EDITS)
     hyp, policy = module.hyp, module.precision_policy('cuda')
     train_loader = module.CifarLoader(data_dir, train=True, batch_size=BATCH, aug=hyp['aug'], device='cpu',
                                       policy=policy)
     test_loader = module.CifarLoader(data_dir, train=False, batch_size=BATCH, device='cpu', policy=policy)
-    steps = module.total_train_steps(train_loader, hyp) // 2  # the first of two epochs
+    steps = math.ceil(len(train_loader) * hyp['opt']['train_epochs']) // 2  # the first of two epochs
     assert steps == STEPS_PER_EPOCH and len(test_loader.images) == EVAL_BATCHES * BATCH
     with recording_by_clock(module) as recorder:
         module.train(hyp, train_loader, test_loader, seed=0, verbose=False)
@@ -55,8 +53,8 @@ def count_script(script, data_dir):
 
 
 def count_reference(data_dir, hyp):
-    """The same for tests/reference_loop.py, phase by phase."""
-    module = load_edited('airbench94.py', [], name='airbench94_data')  # only to read the files
+    """The same for support/reference_loop.py, phase by phase."""
+    module = load_script('airbench94.py')  # only to read the files
     train_loader = module.CifarLoader(data_dir, train=True, device='cpu')
     test_loader = module.CifarLoader(data_dir, train=False, device='cpu')
     loop = ReferenceLoop(hyp, train_loader.images, train_loader.labels, seed=0, normalize=train_loader.normalize,
@@ -72,22 +70,21 @@ def count_reference(data_dir, hyp):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.ops_per_step', description=__doc__.splitlines()[0])
     parser.add_argument('--results', default=None, help='append to this file instead of benchmarks/RESULTS.md')
     args = parser.parse_args()
     data_dir = tempfile.mkdtemp(prefix='ops-per-step-')
     cifar_files.write_batches(data_dir, n_train=STEPS_PER_EPOCH * BATCH, n_test=EVAL_BATCHES * BATCH)
     scripts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'airbench*.py')))
-    rows = {'reference loop (tests/reference_loop.py)': count_reference(
-        data_dir, load_edited('airbench94.py', EDITS, name='airbench94_hyp').hyp)}
+    rows = {REFERENCE: count_reference(data_dir, load_script('airbench94.py', EDITS).hyp)}
     for script in scripts:
         rows[script] = count_script(script, data_dir)
-    reference_step = rows['reference loop (tests/reference_loop.py)'][0]['by_op']
+    reference_step = rows[REFERENCE][0]['by_op']
     lines = [
         '### ATen ops per training step and per evaluation batch, CPU under the CUDA policy, %s'
         % time.strftime('%Y-%m-%d'),
         '',
-        '- command: `python benchmarks/ops_per_step.py`',
+        '- command: `python -m benchmarks.ops_per_step`',
         '- machine: %s; torch %s; fp16 channels_last data and net with fp32 BatchNorm (the CUDA policy) on '
         'the CPU; a training step is averaged over the first epoch of %d steps (lookahead and per-epoch data '
         'preparation included), an evaluation batch over the final 6-view TTA of %d batches'

@@ -1,29 +1,29 @@
 """Fidelity benchmark: train a script on the real CIFAR-10 images of ../shared/data and record it.
 
 Writes the shared JPEG-re-encoded images in the official on-disk format (once), runs the
-script's real CLI on them in a subprocess, and appends the result (command, machine, torch
-version, n, per-run accuracy and time, wall time) to benchmarks/RESULTS.md.
+script through harness.py on them in a subprocess, and appends the result (command, machine,
+torch version, n, per-run accuracy and time, wall time) to benchmarks/RESULTS.md.
 
-    python benchmarks/real_images.py airbench94.py --runs 2
-    python benchmarks/real_images.py airbench96.py --runs 1 --set opt.train_epochs=4   # shortened, said in RESULTS.md
+    python -m benchmarks.real_images airbench94.py --runs 2
+    python -m benchmarks.real_images airbench96.py --runs 1 --set opt.train_epochs=4   # shortened, said in RESULTS.md
 
---set edits the script's `hyp` before main() runs (the way researchers change it), and is
-recorded with the result. On these images the published 94% method reaches about 90.8%.
+(from the repository root.) --set edits the script's `hyp` before anything runs, passed on as
+harness.py's own --set, and is recorded with the result. On these images the published 94%
+method reaches about 90.8%.
 """
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 
-from common import (ROOT, append_result, compiles, machine_description, parse_setting, run_logged, script_command,
-                    settings_flags, settings_text, write_real_images)
-from run_with_hyp import load_edited
+from benchmarks.common import (HARNESS, ROOT, append_result, compiles, load_script, machine_description,
+                               parse_setting, run_logged, settings_flags, settings_text, shown_command,
+                               write_real_images)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.real_images', description=__doc__.splitlines()[0])
     parser.add_argument('script', help='e.g. airbench94.py')
     parser.add_argument('--runs', type=int, default=2)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
@@ -35,35 +35,45 @@ def main():
                         'with Ctrl-C after some runs) instead of training')
     args = parser.parse_args()
     if args.from_log:
-        log = json.load(open(args.from_log))
-        record(args, log, args.from_log, log['argv'], wall_seconds=None)
+        with open(args.from_log) as f:
+            log = json.load(f)
+        record(args, log, args.from_log, logged_command(log), wall_seconds=None)
         return
 
     write_real_images(args.data_dir)
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', str(args.seed),
            '--log-dir', log_dir]
-    if args.device == 'cpu' and not compiles(load_edited(args.script, [])):
+    if args.device == 'cpu' and not compiles(load_script(args.script)):
         cli.append('--no-warmup')  # on CPU the warm-up warms nothing (a compiling script needs it to compile)
     returncode, wall_seconds, log_path = run_logged(args.script, args.set, cli, log_dir)
     if returncode != 0 or log_path is None:
         sys.exit('benchmark failed: exit code %d, %s' % (returncode, 'its log: %s' % log_path if log_path else 'no log'))
-    record(args, json.load(open(log_path)), log_path, cli, wall_seconds)
+    with open(log_path) as f:
+        log = json.load(f)
+    record(args, log, log_path, logged_command(log), wall_seconds)
 
 
-def record(args, log, log_path, cli, wall_seconds):
+def logged_command(log):
+    """The command that wrote a log: harness.py's (its log has 'script_path'), or, for the logs the
+    scripts wrote themselves before the harness, the script's own command line."""
+    if 'script_path' in log:
+        return [sys.executable, HARNESS] + log['argv']
+    return [sys.executable, os.path.join(ROOT, log['script'])] + log['argv']
+
+
+def record(args, log, log_path, command, wall_seconds):
     summary = log['summary']
     ok = [r for r in log['runs'] if r['status'] == 'ok']
+    settings = log.get('sets', args.set)  # a harness log holds its hyp edits
     append_result([
         '### %s on real images, %s, %s' % (args.script, args.device, time.strftime('%Y-%m-%d')),
         '',
-        '- command: `python benchmarks/real_images.py %s --runs %d --device %s --seed %d%s` (runs `%s`)' % (
-            args.script, args.runs, args.device, args.seed,
-            settings_flags(args.set),
-            ' '.join(shlex.quote(a) for a in script_command(args.script, args.set, cli, python=('python',)))
-            .replace(ROOT + os.sep, '')),
-        '- hyp edits: %s' % (settings_text(args.set) or 'none (the published method)'),
-        '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'], log['dtype']),
+        '- command: `python -m benchmarks.real_images %s --runs %d --device %s --seed %d%s` (runs `%s`)' % (
+            args.script, args.runs, args.device, args.seed, settings_flags(args.set), shown_command(command)),
+        '- hyp edits: %s' % (settings_text(settings) or 'none (the published method)'),
+        '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'],
+                                              log.get('dtype', 'n/a')),
         '- n = %d finished, %d failed; TTA accuracy per run: %s' % (
             summary['ok'], summary['failed'], ', '.join('%.2f%%' % (100 * r['tta_val_acc']) for r in ok)),
         '- mean TTA accuracy: %s; std %s' % (

@@ -2,12 +2,13 @@
 
 Small real-image data (the shared images, first 5120 train / 1000 test) and a small network
 (widths 32/64/64, batch 256) so that the launch overhead is visible next to the training.
-Appends wall times and per-run timed seconds to benchmarks/RESULTS.md.
+Both run the script through harness.py (`python harness.py SCRIPT --set ...` and `torchrun
+--standalone --nproc_per_node=2 harness.py SCRIPT --set ...`). Appends wall times and per-run
+timed seconds to benchmarks/RESULTS.md.
 
-    python benchmarks/torchrun_overhead.py --runs 8
+    python -m benchmarks.torchrun_overhead --runs 8   # from the repository root
 """
 import argparse
-import glob
 import json
 import os
 import subprocess
@@ -16,21 +17,24 @@ import time
 
 import torch
 
-from common import ROOT, append_result, machine_description, script_command, settings_text, write_real_images
+from benchmarks.common import ROOT, append_result, machine_description, run_logged, settings_text, write_real_images
 
 HYP = [['opt.batch_size', 256], ['net.widths', {'block1': 32, 'block2': 64, 'block3': 64}]]
 
 
-def timed(command, env, log_dir):
-    start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, env=dict(os.environ, **env), stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    path = max(glob.glob(os.path.join(log_dir, '*.json')), key=os.path.getmtime)
-    return wall, json.load(open(path)), os.path.relpath(path, ROOT)
+def timed(script, cli, python, env, log_dir):
+    """(wall seconds, the harness's log, its path relative to the repository) of one command."""
+    returncode, wall, path = run_logged(script, HYP, cli, log_dir, python=python, env=dict(os.environ, **env),
+                                        stdout=subprocess.DEVNULL)
+    if returncode != 0 or path is None:
+        sys.exit('%s failed: exit code %d, %s' % (' '.join(python), returncode, 'its log: %s' % path if path else
+                                                  'no log'))
+    with open(path) as f:
+        return wall, json.load(f), os.path.relpath(path, ROOT)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.torchrun_overhead', description=__doc__.splitlines()[0])
     parser.add_argument('--script', default='airbench94.py')
     parser.add_argument('--runs', type=int, default=8)
     parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg-5k')
@@ -38,13 +42,12 @@ def main():
     write_real_images(args.data_dir, 5120, 1000)
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     cli = ['--device', 'cpu', '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', '0', '--log-dir', log_dir]
-    single = script_command(args.script, HYP, cli)
-    launched = script_command(args.script, HYP, cli, python=(sys.executable, '-m', 'torch.distributed.run',
-                                                             '--standalone', '--nproc_per_node=2'))
+    single = (sys.executable,)
+    launched = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
     results = {}
-    for name, command, env in [('1 process x 2 threads', single, {'OMP_NUM_THREADS': '2'}),
-                               ('torchrun, 2 processes x 1 thread', launched, {})]:
-        wall, log, path = timed(command, env, log_dir)
+    for name, python, env in [('1 process x 2 threads', single, {'OMP_NUM_THREADS': '2'}),
+                              ('torchrun, 2 processes x 1 thread', launched, {'OMP_NUM_THREADS': '1'})]:
+        wall, log, path = timed(args.script, cli, python, env, log_dir)
         ok = [r for r in log['runs'] if r['status'] == 'ok']
         results[name] = (wall, sum(r['time_seconds'] for r in ok) / len(ok), log, path)
     (wall1, run1, log1, path1), (wall2, run2, log2, path2) = results.values()
@@ -52,7 +55,8 @@ def main():
     append_result([
         '### torchrun overhead on CPU, %s, %s' % (args.script, time.strftime('%Y-%m-%d')),
         '',
-        '- command: `python benchmarks/torchrun_overhead.py --script %s --runs %d`' % (args.script, args.runs),
+        '- command: `python -m benchmarks.torchrun_overhead --script %s --runs %d` (both through harness.py)' % (
+            args.script, args.runs),
         '- data: the shared real images, first 5120 train / 1000 test; hyp edits: %s' % settings_text(HYP),
         '- machine: %s; torch %s; n = %d runs each, each with its warm-up' % (machine_description(), torch.__version__,
                                                                            args.runs),

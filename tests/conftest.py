@@ -14,9 +14,9 @@ import sys
 import pytest
 import torch
 
+from support import cifar_files
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cifar_files  # noqa: E402
 
 # A compiled net that reaches dynamo's recompile limit runs eagerly from then on, without a word;
 # here that is an error, so that no test passes on an eager net it takes for a compiled one. The
@@ -43,11 +43,31 @@ def tiny_hyp(script):
     return TINY_HYP + TINY_EXTRA_HYP.get(script, [])
 
 
-# Runs a script's main() in a fresh interpreter after applying hyp (and module constant) edits
-DRIVER = os.path.join(ROOT, 'benchmarks', 'run_with_hyp.py')
-sys.path.insert(0, os.path.dirname(DRIVER))
-from run_with_hyp import edit_hyp  # noqa: E402
-from common import compiles as module_compiles  # noqa: E402
+def edit_hyp(hyp, edits):
+    """Apply [dotted path, value] edits to `hyp` in place (harness.py's --set, for in-process tests); returns hyp."""
+    for path, value in edits:
+        *parents, key = path.split('.')
+        target = hyp
+        for name in parents:
+            target = target[name]
+        target[key] = value
+    return hyp
+
+
+# A script's own main() in a fresh interpreter, its hyp edited first as a researcher would edit the file
+MAIN_WITH_EDITS = """
+import importlib.util, json, os, sys
+path, edits = sys.argv[1], json.loads(sys.argv[2])
+spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+for name, value in edits:
+    target, keys = module.hyp, name.split('.')
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = value
+sys.exit(module.main(sys.argv[3:]))
+"""
 
 
 def fresh_script(name):
@@ -67,14 +87,15 @@ def edited_hyp(module, edits=None):
 
 
 def cli_command(script, args, edits=(), python_flags=()):
-    """The command line that runs `script`'s CLI, through the driver when something is edited."""
+    """The command line that runs `script`'s own main(), with its hyp edited first if `edits`."""
     if not edits:
         return [sys.executable, *python_flags, os.path.join(ROOT, script), *args]
-    return [sys.executable, *python_flags, DRIVER, os.path.join(ROOT, script), json.dumps(list(edits)), *args]
+    return [sys.executable, *python_flags, '-c', MAIN_WITH_EDITS, os.path.join(ROOT, script), json.dumps(list(edits)),
+            *args]
 
 
 def run_cli(script, args, cwd, edits=None, timeout=600):
-    """The CLI in a subprocess, with `edits` to hyp (by default the script's tiny_hyp)."""
+    """The script's own CLI in a subprocess, with `edits` to hyp (by default the script's tiny_hyp)."""
     edits = tiny_hyp(script) if edits is None else edits
     return subprocess.run(cli_command(script, args, edits), cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
@@ -89,7 +110,7 @@ def allow_ctrl_c():
 
 def compiles(script):
     """Whether the script (a file name) compiles its network in the warm-up it then requires."""
-    return module_compiles(load_script(script))
+    return hasattr(load_script(script), 'compile_mode')
 
 
 def quick_args(script):

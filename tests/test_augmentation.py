@@ -77,5 +77,5 @@ def test_loader_batches_and_order(module, cifar_source, train):
 
 
 def test_loader_rejects_unknown_augmentation(module, cifar_source):
-    with pytest.raises(ValueError, match='unknown augmentation mixup'):
+    with pytest.raises(ValueError, match=r"unknown augmentation in \['mixup'\]"):
         module.CifarLoader(cifar_source, aug={'mixup': 1}, device='cpu')

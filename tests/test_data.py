@@ -1,12 +1,20 @@
-"""Loading CIFAR-10 from disk: every source format, the cache, and what bad input gets."""
+"""Loading CIFAR-10 from disk: every source format, the cache, and what bad input gets.
+
+The data-file code is one block, identical in every script (tests/test_siblings.py): tested once,
+on airbench94.py. tests/test_main.py has the command line's messages for missing or corrupt data."""
 import os
 import pickle
 
 import pytest
 import torch
 
-import cifar_files
-from conftest import file_snapshot, run_cli
+from conftest import file_snapshot, load_script
+from support import cifar_files
+
+
+@pytest.fixture
+def module():
+    return load_script('airbench94.py')
 
 
 def test_folder_format_loads_with_official_layout(module, cifar_dir):
@@ -26,14 +34,15 @@ def test_cache_is_written_then_preferred_over_the_folder(module, cifar_dir):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_tarball_is_md5_checked_then_extracted(module, tmp_path, cifar_source, monkeypatch):
+def test_tarball_is_md5_checked_then_read_without_extracting(module, tmp_path, cifar_source, monkeypatch):
     data_dir = tmp_path / 'data'
     data_dir.mkdir()
     tarball, md5 = cifar_files.write_tarball(str(data_dir), os.path.join(cifar_source, 'cifar-10-batches-py'))
     monkeypatch.setattr(module, 'CIFAR10_TARBALL_MD5', md5)  # our tarball stands in for the official one
     data = module.load_cifar10(str(data_dir))
-    assert len(data['train_images']) == 1280
-    assert sorted(os.listdir(data_dir)) == ['cifar-10-batches-py', 'cifar-10-python.tar.gz', module.CACHE_FILE]
+    from_folder = module.load_cifar10(cifar_source)
+    assert all(torch.equal(data[k], from_folder[k]) for k in data)
+    assert sorted(os.listdir(data_dir)) == ['cifar-10-python.tar.gz', module.CACHE_FILE]
 
 
 def test_tarball_with_wrong_md5_is_refused_and_kept(module, tmp_path, cifar_source):
@@ -49,16 +58,16 @@ def test_truncated_tarball_with_matching_md5_gets_a_clear_error(module, tmp_path
     blob = open(tarball, 'rb').read()
     open(tarball, 'wb').write(blob[:len(blob) // 2])
     monkeypatch.setattr(module, 'CIFAR10_TARBALL_MD5', cifar_files.hashlib.md5(blob[:len(blob) // 2]).hexdigest())
-    with pytest.raises(module.DataError, match='could not extract .*cifar-10-python.tar.gz'):
+    with pytest.raises(module.DataError, match='could not read .*cifar-10-python.tar.gz'):
         module.load_cifar10(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ['cifar-10-python.tar.gz']  # no half-extracted folder left behind
+    assert sorted(os.listdir(tmp_path)) == ['cifar-10-python.tar.gz']  # nothing written
 
 
 def test_truncated_batch_file_is_named(module, cifar_dir):
     path = os.path.join(cifar_dir, 'cifar-10-batches-py', 'data_batch_3')
     blob = open(path, 'rb').read()
     open(path, 'wb').write(blob[:len(blob) // 3])
-    with pytest.raises(module.DataError, match='data_batch_3 is not a valid CIFAR-10 batch file'):
+    with pytest.raises(module.DataError, match='data_batch_3 in .*cifar-10-batches-py: missing or not a CIFAR-10 batch'):
         module.load_cifar10(cifar_dir)
     assert open(path, 'rb').read() == blob[:len(blob) // 3]
     assert not os.path.exists(os.path.join(cifar_dir, module.CACHE_FILE))
@@ -73,7 +82,7 @@ def test_crafted_pickle_cannot_run_code(module, cifar_dir, monkeypatch):
     monkeypatch.chdir(cifar_dir)
     with open(os.path.join(cifar_dir, 'cifar-10-batches-py', 'test_batch'), 'wb') as f:
         pickle.dump({'data': _RunsCode(), 'labels': []}, f, protocol=2)
-    with pytest.raises(module.DataError, match='test_batch is not a valid CIFAR-10 batch file.*forbidden global'):
+    with pytest.raises(module.DataError, match='test_batch in .*: missing or not a CIFAR-10 batch file.*forbidden global'):
         module.load_cifar10(cifar_dir)
     assert not os.path.exists(os.path.join(cifar_dir, 'pwned'))
 
@@ -88,7 +97,7 @@ def test_labels_outside_0_to_9_are_refused(module, cifar_dir):
 
 def test_missing_batch_file_is_named(module, cifar_dir):
     os.remove(os.path.join(cifar_dir, 'cifar-10-batches-py', 'data_batch_5'))
-    with pytest.raises(module.DataError, match='lacks data_batch_5'):
+    with pytest.raises(module.DataError, match='data_batch_5 in .*: missing or not a CIFAR-10 batch file'):
         module.load_cifar10(cifar_dir)
 
 
@@ -108,22 +117,3 @@ def test_cache_with_wrong_shapes_is_rebuilt(module, cifar_dir):
     cache = os.path.join(cifar_dir, module.CACHE_FILE)
     torch.save(dict(expected, train_images=expected['train_images'][:, :2]), cache)
     assert torch.equal(module.load_cifar10(cifar_dir)['train_images'], expected['train_images'])
-
-
-def test_offline_with_no_data_says_which_files_to_put_where(script, tmp_path):
-    data_dir = tmp_path / 'empty'
-    result = run_cli(script, ['--data-dir', str(data_dir), '--no-log'], cwd=str(tmp_path), edits=())
-    assert result.returncode == 1
-    assert 'Traceback' not in result.stderr
-    for needed in ('no CIFAR-10 in %s' % data_dir, 'cifar-10-python.tar.gz', 'cifar-10-batches-py/'):
-        assert needed in result.stderr
-    assert os.listdir(data_dir) == []
-
-
-def test_corrupt_tarball_via_cli_gets_message_not_traceback(script, tmp_path):
-    with open(tmp_path / 'cifar-10-python.tar.gz', 'wb') as f:
-        f.write(b'\x1f\x8b truncated')
-    result = run_cli(script, ['--data-dir', str(tmp_path), '--no-log'], cwd=str(tmp_path), edits=())
-    assert result.returncode == 1 and 'Traceback' not in result.stderr
-    assert 'cifar-10-python.tar.gz has MD5' in result.stderr
-    assert open(tmp_path / 'cifar-10-python.tar.gz', 'rb').read() == b'\x1f\x8b truncated'

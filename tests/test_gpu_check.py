@@ -1,8 +1,11 @@
 """benchmarks/gpu_check.py, the one command for the first GPU, kept working without one: its
---smoke mode runs the whole pipeline on the CPU on tiny data and writes an entry with every section;
-under a short --budget-seconds it skips what does not fit, and with --out it leaves every finished
-stage behind, even when killed."""
+--smoke mode runs the whole pipeline on the CPU on tiny data and writes an entry with every section
+(its timed runs through harness.py, read from the harness's logs); under a short --budget-seconds it
+skips what does not fit, and with --out it leaves every finished stage behind, even when killed."""
+import functools
+import glob
 import json
+import math
 import os
 import re
 import signal
@@ -14,12 +17,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import ROOT, SCRIPTS, load_script, small_loaders
-from run_with_hyp import load_edited
-import common
-import gpu_check
+from benchmarks import common, gpu_check
+from support import cifar_files
 
-RESULTS = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
+ROOT, RESULTS = common.ROOT, common.RESULTS
+SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'airbench*.py')))
+load_script = functools.lru_cache(maxsize=None)(lambda script: common.load_script(script))  # one per script
 # One thread per process: as fast for tiny tensors, and no OpenMP oversubscription when the
 # machine is shared (two threads then made this take twice as long)
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
@@ -42,7 +45,8 @@ def field(entry, pattern):
 
 
 def smoke_command(*flags):
-    return [sys.executable, os.path.join(ROOT, 'benchmarks', 'gpu_check.py'), '--device', 'cpu', '--smoke', *flags]
+    """The check as benchmarks/README.md runs it: a module of the benchmarks package, from the repository root."""
+    return [sys.executable, '-m', 'benchmarks.gpu_check', '--device', 'cpu', '--smoke', *flags]
 
 
 def planned(stage):
@@ -56,9 +60,10 @@ def finished(stages):
 
 def cuda_tests_line(entry):
     """(passed, failed, errors, skipped) of the entry's CUDA tests line, under --device cpu."""
-    return tuple(map(int, field(entry, r'^- CUDA tests \(`python -m pytest tests/test_cuda.py`, \d+ s\): (\d+) '
-                                       r'passed, (\d+) failed, (\d+) errors, (\d+) skipped \(--device cpu: no '
-                                       r'CUDA device visible to them, every test skips\)$')))
+    command = re.escape(' '.join(gpu_check.CUDA_TESTS))  # the stage's files, one constant
+    return tuple(map(int, field(entry, r'^- CUDA tests \(`python -m pytest %s`, \d+ s\): (\d+) passed, (\d+) failed, '
+                                       r'(\d+) errors, (\d+) skipped \(--device cpu: no CUDA device visible to them, '
+                                       r'every test skips\)$' % command)))
 
 
 @pytest.fixture(scope='module')
@@ -67,7 +72,7 @@ def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('gpu_check')
     results, out, real_results = tmp / 'entry.md', tmp / 'out', open(RESULTS, 'rb').read()
     flags = ['--budget-seconds', '1500', '--results', str(results), '--out', str(out)]
-    process = subprocess.run(smoke_command(*flags), cwd=str(tmp), capture_output=True, text=True, timeout=1800, env=ENV)
+    process = subprocess.run(smoke_command(*flags), cwd=ROOT, capture_output=True, text=True, timeout=1800, env=ENV)
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
     assert open(RESULTS, 'rb').read() == real_results
     return dict(entry=results.read_text(), flags=flags, out=str(out))
@@ -77,7 +82,7 @@ def test_smoke_entry_names_the_command_machine_data_and_cuda_tests(smoke):
     entry = smoke['entry']
     assert entry.startswith('### GPU check smoke test (--smoke: tiny data and networks, its numbers mean nothing), cpu, ')
     assert field(entry, r'^- command: `(.*)`$') == (
-        ' '.join(['python benchmarks/gpu_check.py --device cpu --smoke'] + smoke['flags']),)
+        ' '.join(['python -m benchmarks.gpu_check --device cpu --smoke'] + smoke['flags']),)
     # A CUDA build of torch names its CUDA version on a machine without a GPU too
     machine = field(entry, r'^- machine: (.*)$')[0]
     assert 'torch %s, CUDA %s' % (torch.__version__, torch.version.cuda or 'none') in machine
@@ -94,12 +99,31 @@ def test_smoke_entry_names_the_command_machine_data_and_cuda_tests(smoke):
 def test_smoke_entry_has_a_timed_row_per_script(smoke):
     timed = table(smoke['entry'], '| script | n |')
     assert sorted(timed) == SCRIPTS
-    for script, (n, finished_runs, acc, acc_std, seconds, seconds_std, warmup, graphs, log) in timed.items():
-        compiled = load_script(script).compile_mode(torch.device('cpu')) is not None
+    for script, cells in timed.items():
+        n, finished_runs, acc, acc_std, t_test, seconds, seconds_std, train_seconds, warmup, graphs, log = cells
+        compiled = common.compiles(load_script(script))
         assert (n, finished_runs, acc_std, seconds_std) == ('1', '1 / 0', 'n/a', 'n/a')
         assert 20 < float(acc.rstrip('%')) <= 100 and float(seconds) > 0  # learnable data: chance is 10%
+        # the harness's target from the file name; a t-test needs two runs
+        assert t_test == '> %s%%: n/a (1 run)' % re.match(r'airbench(\d\d)', script).group(1)
+        assert 0 < float(train_seconds) < float(seconds)  # the time without the final TTA
         assert (warmup != 'n/a', graphs) == ((True, '0') if compiled else (False, '-'))  # CPU: warm-up to compile
-        assert re.fullmatch(r'`.*/%s-[\d-]+\.json`' % script[:-3], log)
+        assert re.fullmatch(r'`.*/%s-harness-[\d-]+\.json`' % script[:-3], log)
+
+
+def test_a_timed_row_shows_the_t_test_and_the_time_without_the_final_tta():
+    """With two runs or more: the p-value of the harness's one-sided t-test of mean > target, and the
+    mean seconds without the final TTA beside airbench's (whitening init + training + final TTA)."""
+    stage = dict(n=2, ok=2, failed=0, accs=[0.9402, 0.9412], run_seconds=[3.5, 3.7], train_seconds=[3.25, 3.35],
+                 target=0.94, t_statistic=2.2, p_value=0.1357, warmup_seconds=12.3,
+                 compile=dict(mode='max-autotune', graphs_compiled_in_timed_runs=0), error=None, stopped=False,
+                 log='benchmarks/logs/airbench94_compiled-harness-20261202-120000-1.json')
+    entry = gpu_check.results_entry([dict(stage='setup', smoke=False, gpu='GPU', date='today', command='c', machine='m',
+                                          data='d', hyp_edits='none', budget_seconds=540, device='cuda', at_seconds=0),
+                                     dict(stage, stage='timed', script='airbench94_compiled.py', at_seconds=30)])
+    row = table('\n'.join(entry), '| script | n |')['airbench94_compiled.py']
+    assert row == ['2', '2 / 0', '94.07%', '0.07', '> 94%: p = 0.136', '3.600', '0.141', '3.300', '12.3', '0',
+                   '`%s`' % stage['log']]
 
 
 def test_smoke_entry_has_a_profile_row_and_epoch_times_per_script(smoke):
@@ -128,9 +152,15 @@ def test_smoke_out_holds_every_stage_and_the_entry(smoke):
     assert {planned(s) for s in finished(stages)} == PLANNED and stages[-1]['exit_code'] == 0
     assert [s['at_seconds'] for s in stages] == sorted(s['at_seconds'] for s in stages)
     for stage in stages[2:2 + len(SCRIPTS)]:
-        log = stage['log_json']
-        assert (log['script'], log['argv'][:2], log['interrupted']) == (stage['script'], ['--runs', '1'], False)
+        log = stage['log_json']  # the harness's: argv starts with the script; --smoke's hyp edits as --set
+        script = stage['script']
+        assert (log['script'], log['argv'][:3], log['interrupted']) == (script, [script, '--runs', '1'], False)
+        assert log['sets'] == [list(edit) for edit in gpu_check.SMOKE_HYP] and log['seed'] == 0
         assert stage['run_seconds'] == [run['time_seconds'] for run in log['runs']] and not stage['stopped']
+        assert stage['train_seconds'] == [run['train_seconds'] for run in log['runs']]
+        assert (stage['target'], stage['p_value']) == (log['summary']['target'], log['summary']['p_value'])
+        assert stage['compile'] == log['compile'] and (log['compile'] is not None) == common.compiles(
+            load_script(stage['script']))
     assert sorted(os.listdir(smoke['out'])) == [gpu_check.ENTRY, gpu_check.STAGES]
     assert open(os.path.join(smoke['out'], gpu_check.ENTRY)).read() + '\n' == smoke['entry']
 
@@ -164,7 +194,7 @@ def short(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('gpu_check_short')
     out = tmp / 'out'
     start = time.monotonic()
-    process = subprocess.run(smoke_command('--budget-seconds', str(SHORT_BUDGET), '--out', str(out)), cwd=str(tmp),
+    process = subprocess.run(smoke_command('--budget-seconds', str(SHORT_BUDGET), '--out', str(out)), cwd=ROOT,
                              capture_output=True, text=True, timeout=600, env=ENV)
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
     return dict(seconds=time.monotonic() - start, stdout=process.stdout, out=str(out),
@@ -207,7 +237,7 @@ def test_a_killed_check_leaves_its_finished_stages_intact(tmp_path):
     the stages that finished are there, whole, and the entry shows them."""
     out = tmp_path / 'out'
     # TMPDIR: the check's temporary folder, which a killed process cannot remove, goes to tmp_path
-    process = subprocess.Popen(smoke_command('--budget-seconds', '60', '--out', str(out)), cwd=str(tmp_path),
+    process = subprocess.Popen(smoke_command('--budget-seconds', '60', '--out', str(out)), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                env=dict(ENV, TMPDIR=str(tmp_path)))
     try:
@@ -249,12 +279,16 @@ def test_a_stage_in_this_process_is_stopped_at_its_deadline():
     assert signal.getsignal(signal.SIGALRM) == handler and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_counted_flops_are_the_training_steps_the_tta_and_the_whitening_init(cifar_source):
+def test_counted_flops_are_the_training_steps_the_tta_and_the_whitening_init(tmp_path):
     """What timed_flops counts for a script without a SPEC.md figure is what those figures count:
     forward and backward of every training step and the final TTA (plus the small whitening init),
     not the per-epoch progress evaluations."""
-    module = load_edited('airbench94.py', gpu_check.SMOKE_HYP, name='airbench94_flops')
-    train_loader, test_loader = small_loaders(module, module.hyp, cifar_source)  # 3 steps, 2 evaluation batches
+    cifar_files.write_batches(str(tmp_path), n_train=256, n_test=500)
+    module = common.load_script('airbench94.py', gpu_check.SMOKE_HYP)
+    hyp = module.hyp  # 3 steps (1.5 epochs of 2 batches of 128), 2 evaluation batches
+    train_loader = module.CifarLoader(str(tmp_path), train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'],
+                                      device='cpu')
+    test_loader = module.CifarLoader(str(tmp_path), train=False, batch_size=250, device='cpu')
     counted = gpu_check.timed_flops(module, (train_loader, test_loader))
     net = module.make_net(module.hyp)
     inputs, labels = next(iter(train_loader))
@@ -265,8 +299,8 @@ def test_counted_flops_are_the_training_steps_the_tta_and_the_whitening_init(cif
     with FlopCounterMode(display=False) as whitening:
         module.init_whitening_conv(net.whiten, train_loader.images[:module.hyp['net']['whiten_images']],
                                    module.hyp['net']['whiten_eps'])
-    steps = module.total_train_steps(train_loader, module.hyp)
-    assert counted == steps * step.get_total_flops() + tta.get_total_flops() + whitening.get_total_flops()
+    steps = math.ceil(len(train_loader) * hyp['opt']['train_epochs'])
+    assert steps == 3 and counted == steps * step.get_total_flops() + tta.get_total_flops() + whitening.get_total_flops()
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -5,21 +5,17 @@ import re
 import subprocess
 import sys
 
-from conftest import DRIVER, ROOT, TINY_HYP
-import cifar_files
+from conftest import MAIN_WITH_EDITS, ROOT, TINY_HYP
+from support import cifar_files
 
 README = open(os.path.join(ROOT, 'README.md')).read()
 
-# Imports airbench94 under its own name with the tiny hyp, then runs the README's code as is
-EXAMPLE_DRIVER = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-sys.path.insert(0, %r)
-import airbench94
-from run_with_hyp import edit_hyp
-edit_hyp(airbench94.hyp, json.loads(sys.argv[2]))
+# Imports airbench94 under its own name with the tiny hyp (as MAIN_WITH_EDITS edits it), then runs the
+# README's code as is, in the repository's folder, as a reader who copied the example would
+EXAMPLE_DRIVER = MAIN_WITH_EDITS.replace('sys.exit(module.main(sys.argv[3:]))', """
+sys.modules['airbench94'] = module
 exec(sys.argv[3])
-""" % os.path.dirname(DRIVER)
+""")
 
 
 def test_data_selection_example_runs(tmp_path):
@@ -27,7 +23,8 @@ def test_data_selection_example_runs(tmp_path):
     cifar_files.write_batches(str(tmp_path / 'cifar10'))
     # One epoch per run: the example's 11 trainings need to run, not to learn
     edits = TINY_HYP + [['opt.train_epochs', 1]]
-    result = subprocess.run([sys.executable, '-c', EXAMPLE_DRIVER, ROOT, json.dumps(edits), code],
+    result = subprocess.run([sys.executable, '-c', EXAMPLE_DRIVER, os.path.join(ROOT, 'airbench94.py'), json.dumps(edits),
+                             code],
                             cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from conftest import edited_hyp, load_script
-from reference_loop import ReferenceLoop, reference_run
+from support.reference_loop import ReferenceLoop, reference_run
 
 
 def test_training_equals_the_reference_loop(cifar_source):

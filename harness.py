@@ -1,0 +1,392 @@
+"""harness.py: runs any airbench script by path, with torchrun scale-out, statistics, hyp edits and saved logits.
+
+    python harness.py airbench94.py --runs 200                          # t-test of the mean against 0.94
+    python harness.py airbench96.py --set opt.train_epochs=4 --save-logits logits
+    torchrun --nproc_per_node=8 harness.py airbench94.py --runs 10000   # run i on rank i mod 8
+
+The script is imported, never run: the harness uses only its public API (hyp, CifarLoader, train,
+warm_up, format_row, LOG_COLUMNS, DataError, TrainingDiverged, and compile_mode where it compiles).
+Run i (counting from 0) uses seed S+i on rank i mod WORLD_SIZE, so the set of results does not
+depend on the number of processes. One JSON log per invocation, written by rank 0.
+"""
+import argparse, datetime, importlib.util, json, math, os, platform, random, re  # noqa: E401
+import signal, statistics, sys, tempfile, time  # noqa: E401
+
+import torch
+
+PROG = 'harness.py'
+MIN_TORCH = (2, 4)  # the scripts' minimum: the published runs used torch 2.4
+DIST_TIMEOUT_SECONDS = 1800  # a rank that waits this long on the others gives up with an error
+CIFAR10_COUNTS = {'train': 50000, 'test': 10000}
+
+#############################################
+#               Statistics                  #
+#############################################
+
+def student_t_cdf(t, df):
+    """P(T <= t) for Student's t with `df` degrees of freedom, from the closed form of
+    Abramowitz & Stegun 26.7.3-4 for A(t) = P(|T| < t): exact for every integer df."""
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    theta = math.atan(t / math.sqrt(df))
+    c2, total, term = math.cos(theta)**2, 0.0 if df == 1 else 1.0, 1.0
+    for k in range(3 if df % 2 else 2, df - 1 if df % 2 else df, 2):
+        term *= c2 * (k - 1) / k
+        total += term
+    if df % 2:
+        two_sided = 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    else:
+        two_sided = math.sin(theta) * total
+    return 0.5 + two_sided / 2  # A is odd in t, so this holds for negative t too
+
+
+def t_quantile(q, df):
+    """The t with P(T <= t) = q, 0 < q < 1, by bisection on student_t_cdf."""
+    if q < 0.5:
+        return -t_quantile(1 - q, df)
+    low, high = 0.0, 1.0
+    while student_t_cdf(high, df) < q:
+        low, high = high, 2 * high
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if student_t_cdf(mid, df) < q else (low, mid)
+    return (low + high) / 2
+
+
+def summarize(runs, target):
+    """Counts, then over the finished runs: mean, std and 95% confidence interval of the mean
+    (Student t) of the TTA accuracy, the one-sided t-test of mean > target, and the mean times.
+    What needs two runs is None with one; runs of equal accuracy get an interval of width 0."""
+    ok = [r for r in runs if r['status'] == 'ok']
+    summary = dict(runs=len(runs), ok=len(ok), failed=len(runs) - len(ok), target=target, tta_val_acc_mean=None,
+                   tta_val_acc_std=None, tta_val_acc_ci95=None, t_statistic=None, p_value=None,
+                   time_seconds_mean=None, train_seconds_mean=None)
+    if not ok:
+        return summary
+    # statistics computes exactly, then rounds: equal accuracies give exactly their value and std 0
+    accs, n = [r['tta_val_acc'] for r in ok], len(ok)
+    mean = summary['tta_val_acc_mean'] = statistics.mean(accs)
+    summary['time_seconds_mean'] = statistics.mean(r['time_seconds'] for r in ok)
+    summary['train_seconds_mean'] = statistics.mean(r['train_seconds'] for r in ok)
+    if n > 1:
+        std = summary['tta_val_acc_std'] = statistics.stdev(accs)
+        sem = std / math.sqrt(n)
+        half_width = t_quantile(0.975, n - 1) * sem
+        summary['tta_val_acc_ci95'] = [mean - half_width, mean + half_width]
+        # With std 0 the statistic is infinite (or, at the target itself, 0: p = 0.5)
+        t = (mean - target) / sem if sem > 0 else math.copysign(math.inf, mean - target) if mean != target else 0.0
+        summary['t_statistic'], summary['p_value'] = t, 1 - student_t_cdf(t, n - 1)  # p = P(T >= t)
+    return summary
+
+
+def format_summary(summary):
+    lines = ['runs: %d finished, %d failed' % (summary['ok'], summary['failed'])]
+    if not summary['ok']:
+        return '\n'.join(lines)
+    one_run = 'n/a (1 run)'
+    std, ci = summary['tta_val_acc_std'], summary['tta_val_acc_ci95']
+    lines.append('tta_val_acc: mean %.4f  std %s  95%% CI of the mean %s' % (
+        summary['tta_val_acc_mean'], one_run if std is None else '%.4f' % std,
+        one_run if ci is None else '[%.4f, %.4f]' % tuple(ci)))
+    lines.append('one-sided t-test of mean tta_val_acc > %g: %s' % (summary['target'], one_run if std is None else
+                 't = %.2f, p = %.4g (n = %d)' % (summary['t_statistic'], summary['p_value'], summary['ok'])))
+    lines.append('time per run: mean %.3f s (whitening init + training + final TTA, as airbench times it); mean '
+                 '%.3f s without the final TTA (as the 2026 records time it)'
+                 % (summary['time_seconds_mean'], summary['train_seconds_mean']))
+    return '\n'.join(lines)
+
+#############################################
+#          Script, flags, files             #
+#############################################
+
+def load_script(path):
+    """The script at `path` as a new module (tests wrap this to change what a rank runs)."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_set(text):
+    """--set PATH=VALUE as (path, value), VALUE read as JSON."""
+    path, equals, value = text.partition('=')
+    if not equals or not path:
+        raise argparse.ArgumentTypeError('expected PATH=VALUE (e.g. opt.train_epochs=2.5), not %r' % text)
+    try:
+        return path, json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError('%s: the value %r is not JSON (%s); quote strings: %s=\'"text"\''
+                                         % (path, value, e, path)) from None
+
+
+def edit_hyp(hyp, path, value):
+    """hyp[a][b]... = value for the dotted path 'a.b...'; returns None, or an error message if a key
+    is not already in hyp (a typo must not silently do nothing)."""
+    *parents, key = path.split('.')
+    target, where = hyp, 'hyp'
+    for name in parents + [key]:
+        if not isinstance(target, dict):
+            return '%s is %r, not a dict' % (where, target)
+        if name not in target:
+            return '%s has no key %r (it has %s)' % (where, name, ', '.join(map(repr, target)))
+        parent, target, where = target, target[name], '%s[%r]' % (where, name)
+    parent[key] = value
+    return None
+
+
+def writable_dir(parser, flag, folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        parser.error('%s %s: cannot write there (%s); pass another folder' % (flag, folder, e))
+
+
+def parse_args(argv):
+    """The flags, checked; args.module is the loaded script with the --set edits applied to its hyp."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                     epilog='Run i uses seed S+i; under torchrun it runs on rank i mod WORLD_SIZE.')
+    parser.add_argument('script', help='an airbench*.py script')
+    parser.add_argument('--runs', type=int, default=25, help='timed training runs (default 25)')
+    parser.add_argument('--seed', type=int, help='run i uses seed+i (default: a random base seed, logged)')
+    parser.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto', help='auto: CUDA if any')
+    parser.add_argument('--data-dir', default='cifar10', help='where CIFAR-10 is or is downloaded to')
+    parser.add_argument('--no-warmup', action='store_true', help='skip the untimed warm-up run on random labels')
+    parser.add_argument('--log-dir', default='logs', help='folder for the JSON log (default ./logs)')
+    parser.add_argument('--set', dest='sets', metavar='PATH=VALUE', type=parse_set, action='append', default=[],
+                        help="set hyp's dotted PATH to a JSON VALUE before anything runs, e.g. opt.train_epochs=2.5 "
+                        "(repeatable, applied in order; PATH must already be in hyp)")
+    parser.add_argument('--save-logits', metavar='DIR', help="save each run's final TTA logits (float32, test-set "
+                        "order) and the test labels as DIR/runNNNNN-seedS.pt")
+    parser.add_argument('--target', type=float, help='accuracy the t-test compares the mean with (default: '
+                        'from the file name, 0.94 for airbench94*)')
+    args = parser.parse_args(argv)
+    if not args.script.endswith('.py') or not os.path.isfile(args.script):
+        parser.error('SCRIPT %s: not a .py file' % args.script)
+    if args.runs < 1:
+        parser.error('--runs: must be a positive integer, not %d' % args.runs)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available (use --device cpu or auto)')
+    if args.target is None:
+        digits = re.search(r'airbench(\d\d)', os.path.basename(args.script))
+        if not digits:
+            parser.error('--target: %s has no accuracy in its name (airbenchNN); pass --target'
+                         % os.path.basename(args.script))
+        args.target = int(digits.group(1)) / 100
+    with open(args.script) as f, open(__file__) as g:  # now: the log holds the code that ran, even if edited meanwhile
+        args.source, args.harness_source = f.read(), g.read()
+    args.module = load_script(args.script)
+    for path, value in args.sets:
+        error = edit_hyp(args.module.hyp, path, value)
+        if error:
+            parser.error('--set %s: %s' % (path, error))
+    if args.no_warmup and hasattr(args.module, 'compile_mode'):
+        parser.error('--no-warmup: %s compiles during its warm-up, which keeps compilation out of the timed runs'
+                     % os.path.basename(args.script))
+    if args.save_logits:  # every rank writes its own runs' logits
+        writable_dir(parser, '--save-logits', args.save_logits)
+    if int(os.environ.get('RANK', 0)) == 0:  # only rank 0 writes the log
+        writable_dir(parser, '--log-dir', args.log_dir)
+    args.seed = random.SystemRandom().randrange(2**31) if args.seed is None else args.seed
+    return args
+
+
+def atomic_write(path, write_fn, mode='wb'):
+    """Write a file through a temporary one in the same folder, so a crash never leaves half a file."""
+    tmp = '%s.%d.tmp' % (path, os.getpid())  # beside it (os.replace stays in one file system); mode from umask
+    try:
+        with open(tmp, mode) as f:
+            write_fn(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+#############################################
+#                  Runs                     #
+#############################################
+
+def compile_mode(module, device):
+    """The script's torch.compile mode on `device`; None for a script that runs eagerly."""
+    return module.compile_mode(device) if hasattr(module, 'compile_mode') else None
+
+
+def graphs_compiled():
+    return torch._dynamo.utils.counters['stats']['unique_graphs']
+
+
+def load_data(module, data_dir, device, rank, local_rank, world_size):
+    """((train_loader, test_loader), None), or (None, the error). Under torchrun the ranks take turns:
+    global rank 0 prepares the data dir first (download, cache), then each node's local rank 0 (for
+    node-local data dirs), then the rest only read, so no two processes write the same file."""
+    hyp, turn = module.hyp, 0 if rank == 0 else 1 if local_rank == 0 else 2
+    loaders, error = None, None
+    for this_turn in range(3 if world_size > 1 else 1):
+        if this_turn == turn:
+            try:
+                loaders = (module.CifarLoader(data_dir, train=True, batch_size=hyp['opt']['batch_size'],
+                                              aug=hyp['aug'], device=device),
+                           module.CifarLoader(data_dir, train=False, batch_size=2000, device=device))
+            except module.DataError as e:
+                error = str(e)
+        if world_size > 1:  # everyone learns of a failure, and stops
+            errors = [None] * world_size
+            torch.distributed.all_gather_object(errors, error)
+            error = next((e for e in errors if e), None)
+        if error:
+            return None, error
+    return loaders, None
+
+
+def one_run(args, train_loader, test_loader, i, rank, device):
+    """Run i (counting from 0) as its log entry; a diverged run is reported and logged, not raised."""
+    module, run, seed, where = args.module, i + 1, args.seed + i, dict(rank=rank, device=str(device))
+    try:
+        result = module.train(module.hyp, train_loader, test_loader, seed=seed, run=run, verbose=rank == 0)
+    except module.TrainingDiverged as e:
+        print('%s: run %d (seed %d) failed: %s' % (PROG, run, seed, e), file=sys.stderr)
+        return dict(run=run, seed=seed, status='diverged', error=str(e), **where)
+    if args.save_logits:  # float32 on the CPU: loads anywhere, and fp16 converts to it exactly
+        record = dict(logits=result['logits'].float().cpu(), labels=test_loader.labels.cpu(), run=run, seed=seed,
+                      tta_val_acc=result['tta_val_acc'])
+        atomic_write(os.path.join(args.save_logits, 'run%05d-seed%d.pt' % (run, seed)),
+                     lambda f: torch.save(record, f))
+    return dict(run=run, seed=seed, status='ok', tta_val_acc=result['tta_val_acc'], val_acc=result['val_acc'],
+                time_seconds=result['time_seconds'], train_seconds=result['train_seconds'], **where)
+
+
+def stop_once(signum, frame):
+    """The first Ctrl-C stops the runs; any later one (torchrun forwards its own) is ignored, so that
+    the summary and the log of the finished runs are still written."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run_all(args, device, rank, local_rank, world_size):
+    module, mode = args.module, compile_mode(args.module, device)
+    say = print if rank == 0 else (lambda *a, **k: None)  # other ranks print only problems
+    say('note: CPU run in float32, for tests and laptops; timings mean nothing for GPUs' if device.type == 'cpu'
+        else 'device: %s' % torch.cuda.get_device_name(device))
+    if mode:
+        say("note: torch.compile(mode='%s') compiles during the warm-up run" % mode)
+    loaders, error = load_data(module, args.data_dir, device, rank, local_rank, world_size)
+    if loaders and len(loaders[0]) == 0:
+        error = '%d training images are fewer than one batch of %d' % (len(loaders[0].images), loaders[0].batch_size)
+    if error:
+        if rank == 0:
+            print('%s: error: %s' % (PROG, error), file=sys.stderr)
+        return 1
+    train_loader, test_loader = loaders
+    counts = {'train': len(train_loader.images), 'test': len(test_loader.images)}
+    say('data: %d train / %d test images from %s%s' % (counts['train'], counts['test'], args.data_dir,
+        '' if counts == CIFAR10_COUNTS else ' (not the full 50000 / 10000 of CIFAR-10)'))
+    say('runs: %d, run i uses seed %d+i, device %s%s' % (args.runs, args.seed, device, ', %d processes (run i on '
+        'rank i mod %d)' % (world_size, world_size) if world_size > 1 else ''))
+    say(module.format_row({c: c for c in module.LOG_COLUMNS}))
+
+    runs, interrupted, warmup_seconds, graphs_before, new_graphs = [], False, None, None, None
+    ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not if started with it ignored
+    if ctrl_c:
+        signal.signal(signal.SIGINT, stop_once)
+    try:
+        if not args.no_warmup:  # untimed, on random labels: warms up cuDNN, and compiles where the script does
+            warmup_seconds = module.warm_up(module.hyp, train_loader, test_loader, args.seed, verbose=rank == 0)
+            say('warm-up: %.1f s, untimed%s' % (warmup_seconds, ', including compilation' if mode else ''))
+        graphs_before = graphs_compiled()
+        for i in range(rank, args.runs, world_size):
+            runs.append(one_run(args, train_loader, test_loader, i, rank, device))
+    except KeyboardInterrupt:
+        interrupted = True
+    if ctrl_c:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # from here on a Ctrl-C would only lose the log
+    if graphs_before is not None:
+        new_graphs = graphs_compiled() - graphs_before
+    if world_size > 1:  # rank 0 gathers every rank's runs
+        parts = [None] * world_size if rank == 0 else None
+        torch.distributed.gather_object((runs, interrupted, new_graphs), parts, dst=0)
+        if rank == 0:
+            runs = sorted((r for part, _, _ in parts for r in part), key=lambda r: r['run'])
+            interrupted = any(part_interrupted for _, part_interrupted, _ in parts)
+            counted = [n for _, _, n in parts if n is not None]
+            new_graphs = sum(counted) if counted else None
+    code = report(args, runs, interrupted, warmup_seconds, new_graphs, counts, train_loader, device,
+                  world_size) if rank == 0 else None
+    if world_size > 1:  # the others wait until the log is written: torchrun stops every rank once one ends nonzero
+        shared = [code]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        code = shared[0]
+    return code
+
+
+def report(args, runs, interrupted, warmup_seconds, new_graphs, counts, train_loader, device, world_size):
+    """Rank 0: every run in order (under torchrun), the summary, the log. Returns the exit code."""
+    for r in runs if world_size > 1 else []:
+        print('run %d (seed %d, rank %d, %s): %s' % (r['run'], r['seed'], r['rank'], r['device'], r['status'] if
+              r['status'] != 'ok' else 'tta_val_acc %.4f, %.3f s' % (r['tta_val_acc'], r['time_seconds'])))
+    if interrupted:
+        print('\ninterrupted: summarizing the %d finished runs' % len(runs))
+    summary = summarize(runs, args.target)
+    print(format_summary(summary))
+    mode = compile_mode(args.module, device)
+    if mode:  # must be 0: the warm-up compiles everything, so that no timed run includes compilation
+        print('graphs compiled during the timed runs: %s' % (
+            'n/a (the warm-up did not finish)' if new_graphs is None else new_graphs if new_graphs == 0
+            else '%d (should be 0: those runs\' times include compilation)' % new_graphs))
+    record = dict(
+        script=os.path.basename(args.script), script_path=os.path.abspath(args.script), argv=args.argv,
+        sets=[[path, value] for path, value in args.sets], hyp=args.module.hyp, target=args.target, seed=args.seed,
+        world_size=world_size, data_dir=os.path.abspath(args.data_dir), data_counts=counts, device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
+        dtype=str(train_loader.images.dtype).replace('torch.', ''), torch_version=torch.__version__,
+        python_version=platform.python_version(), warmup_seconds=warmup_seconds,
+        compile=dict(mode=mode, graphs_compiled_in_timed_runs=new_graphs) if mode else None,
+        interrupted=interrupted, runs=runs, summary=summary, source=args.source, harness_source=args.harness_source)
+    stem = os.path.splitext(os.path.basename(args.script))[0]
+    path = os.path.join(args.log_dir, '%s-harness-%s-%d.json' % (stem, time.strftime('%Y%m%d-%H%M%S'), os.getpid()))
+    atomic_write(path, lambda f: json.dump(record, f, indent=1), mode='w')
+    print('log: %s' % path)
+    return 130 if interrupted else 1 if summary['failed'] else 0
+
+
+def main(argv=None):
+    """Exit codes: 0 every run finished, 1 an error (one line), a diverged run or a failed rank, 2 a bad
+    flag, 130 Ctrl-C."""
+    if tuple(int(part) for part in torch.__version__.split('.')[:2]) < MIN_TORCH:  # as the scripts' main() checks
+        print('%s: error: torch %s is too old: the scripts need torch %d.%d or newer'
+              % ((PROG, torch.__version__) + MIN_TORCH), file=sys.stderr)
+        return 1
+    args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    # Before any process group exists: imported later (the first optimizer step does), dynamo keeps
+    # references to the group, destroy_process_group cannot free it, and gloo's threads then outlive
+    # main() and can abort the process as Python shuts down
+    import torch._dynamo as dynamo  # noqa: F401 (`import torch._dynamo` would make torch a local)
+    # torchrun sets these; without it this is one process doing every run
+    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    use_cuda = args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available())
+    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+    previous_ctrl_c = signal.getsignal(signal.SIGINT)
+    try:
+        if world_size > 1:
+            if use_cuda:
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group('nccl' if use_cuda else 'gloo',
+                                                 timeout=datetime.timedelta(seconds=DIST_TIMEOUT_SECONDS))
+            seed = [args.seed]
+            torch.distributed.broadcast_object_list(seed, src=0)  # rank 0's base seed, drawn or given
+            args.seed = seed[0]
+        return run_all(args, device, rank, local_rank, world_size)
+    except Exception as e:
+        if world_size == 1:
+            raise
+        print('%s: rank %d failed: %s: %s' % (PROG, rank, type(e).__name__, e), file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous_ctrl_c)
+        if world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
