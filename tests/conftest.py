@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+import harness
 from support import cifar_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,13 +45,10 @@ def tiny_hyp(script):
 
 
 def edit_hyp(hyp, edits):
-    """Apply [dotted path, value] edits to `hyp` in place (harness.py's --set, for in-process tests); returns hyp."""
+    """Apply [dotted path, value] edits to `hyp` in place, as harness.py's --set does; returns hyp."""
     for path, value in edits:
-        *parents, key = path.split('.')
-        target = hyp
-        for name in parents:
-            target = target[name]
-        target[key] = value
+        error = harness.edit_hyp(hyp, path, value)
+        assert error is None, '%s: %s' % (path, error)
     return hyp
 
 
