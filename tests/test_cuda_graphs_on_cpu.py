@@ -59,5 +59,7 @@ def test_train_keeps_no_output_across_calls(module, cifar_source, monkeypatch):
     result = run(overwrite=True)
     untimed = [[{k: v for k, v in row.items() if k != 'time_seconds'} for row in r['epochs']] for r in (result, expected)]
     assert untimed[0] == untimed[1] and result['tta_val_acc'] == expected['tta_val_acc']
+    # The returned logits are the run's own: the second run's calls overwrote no output they hold
+    assert torch.equal(result['logits'], expected['logits']) and torch.isfinite(expected['logits']).all()
     for a, b in zip(result['net'].state_dict().values(), expected_weights, strict=True):
         assert torch.equal(a, b)

@@ -42,7 +42,8 @@ def runs(request, cifar_source):
     def run(seed):
         result = module.train(hyp, *loaders, seed=seed, verbose=False)
         return dict(result, weights=weights(result['net']))
-    return dict(first=run(1), other=run(0), later=run(1))  # seed 1 first in the process, then after seed 0
+    # seed 1 first in the process, then after seed 0
+    return dict(first=run(1), other=run(0), later=run(1), test_labels=loaders[1].labels)
 
 
 def test_a_run_depends_only_on_its_seed(runs):
@@ -51,6 +52,10 @@ def test_a_run_depends_only_on_its_seed(runs):
     assert later['tta_val_acc'] == first['tta_val_acc']
     for a, b in zip(later['weights'], first['weights'], strict=True):
         assert torch.equal(a, b)
+    # The final TTA logits too: the first run's still hold, graded they give its accuracy
+    assert torch.equal(later['logits'], first['logits'])
+    graded = (first['logits'].argmax(1) == runs['test_labels']).float().mean().item()
+    assert graded == first['tta_val_acc'] and first['train_seconds'] < first['time_seconds']
 
 
 def test_a_returned_net_is_the_callers_to_keep(runs):
