@@ -36,7 +36,10 @@ TINY_HYP = [['opt.batch_size', 128], ['opt.train_epochs', 2.5],
 # airbench96_faster's proxy, learning every 4th step, takes 7 optimizer steps and its losses still
 # rank whole classes highest, so the main net trains on a few classes only (TTA 0.41-0.71 over 5
 # seeds); learning every 2nd step it gets 0.62-0.77, and scoring-only steps still run
-TINY_EXTRA_HYP = {'airbench96_faster.py': [['proxy.train_every_steps', 2]]}
+TINY_EXTRA_HYP = {'airbench96_faster.py': [['proxy.train_every_steps', 2]],
+                  # both resolutions (epoch 1 at 28 px, then 32 px), and the decay ending 2 steps before the
+                  # last of 25 as at full scale (23 of 25 there, 260 of 264 here): the EMA tail from step 15
+                  'airbench94_progressive.py': [['opt.decay_epochs', 2.25], ['aug.resolutions', [28, 32]]]}
 
 
 def tiny_hyp(script):
@@ -184,9 +187,9 @@ def small_fp32_run(script, cifar_source):
     return module.train(hyp, *small_loaders(module, hyp, cifar_source), seed=0, verbose=False)
 
 
-def assert_cuda_storage(net):
-    """The net is stored as precision_policy('cuda') says: conv weights fp16 and channels_last,
-    every BatchNorm parameter and buffer fp32."""
+def assert_cuda_storage(net, policy):
+    """The net is stored as `policy` (a script's precision_policy('cuda')) says: conv weights fp16 and
+    channels_last, every BatchNorm parameter and buffer in the policy's BatchNorm dtype."""
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(convs) >= 7 and len(norms) >= 6
@@ -194,7 +197,7 @@ def assert_cuda_storage(net):
         assert conv.weight.dtype == torch.half and conv.weight.is_contiguous(memory_format=torch.channels_last)
     for norm in norms:
         floats = [t for t in list(norm.parameters()) + list(norm.buffers()) if t.is_floating_point()]
-        assert len(floats) == 4 and all(t.dtype == torch.float for t in floats)
+        assert len(floats) == 4 and all(t.dtype == policy['batchnorm_dtype'] for t in floats)
 
 
 @contextlib.contextmanager
@@ -259,6 +262,15 @@ SPEC_FIGURES = {
                                             'norm_biases': [0.053, 0.052735, 0.03339, 0.0265, 0.000265],
                                             'whiten_bias': [0.053, 0.052293, 0.000707]}),
 }
+# Muon's optimizers, a resolution curriculum and an EMA tail: tests/test_progressive.py checks them
+SPEC_FIGURES['airbench94_progressive'] = dict(params=1972792, frozen=288 + 1152, mflops=236.29, steps=264,
+                                              steps_per_epoch=32, batchnorm_momentum=0.4434,
+                                              whiten_bias_starts_at_zero=False, optimizer='muon', tests='progressive',
+                                              label_smoothing=0.09,
+                                              # BatchNorm in fp16 too; Newton-Schulz in fp16 (fp32 on the CPU)
+                                              policies=dict(cpu=dict(newton_schulz_dtype=torch.float),
+                                                            cuda=dict(batchnorm_dtype=torch.half,
+                                                                      newton_schulz_dtype=torch.half)))
 SPEC_FIGURES['airbench94_compiled'] = SPEC_FIGURES['airbench94']
 SPEC_FIGURES['airbench96_faster'] = dict(SPEC_FIGURES['airbench96'], steps=2160,
                                          schedule=[(0, 0.2), (216, 1.0), (2159, 1 / 1944)], lookahead_last=(2159, 0.7727))
@@ -267,10 +279,10 @@ SPEC_FIGURES['airbench96_faster'] = dict(SPEC_FIGURES['airbench96'], steps=2160,
 def skip_unless_sgd_method(script, what):
     """Skip a test of `what`, a part of airbench94's optimization, for a script whose method
     replaces it (SPEC_FIGURES' 'optimizer'); that script's own tests cover what it does instead."""
-    optimizer = SPEC_FIGURES[script[:-3]]['optimizer']
-    if optimizer != 'sgd':
+    figures = SPEC_FIGURES[script[:-3]]
+    if figures['optimizer'] != 'sgd':
         pytest.skip('%s has no %s: its method optimizes with %s instead (see its header and tests/test_%s.py)'
-                    % (script, what, optimizer, optimizer))
+                    % (script, what, figures['optimizer'], figures.get('tests', figures['optimizer'])))
 
 
 @pytest.fixture

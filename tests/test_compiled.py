@@ -64,3 +64,17 @@ def test_past_the_recompile_limit_a_run_fails_rather_than_run_eagerly(script, ci
 def test_no_warmup_is_refused_because_compilation_must_stay_untimed(tmp_path):
     result = run_cli('airbench94_compiled.py', ['--no-warmup'], cwd=str(tmp_path), edits=())
     assert result.returncode == 2 and '--no-warmup: this script compiles during its warm-up' in result.stderr
+
+
+def test_the_progressive_scripts_short_warm_up_compiles_all_that_a_run_needs(cifar_source):
+    # Its warm-up trains 6 batches per epoch, not a whole run: every epoch's resolution (tiny_hyp:
+    # 28 px, then 32), the whitening bias trained and frozen, the evaluations. From a new module
+    # instance, so that nothing another test compiled can stand in for it
+    module = fresh_script('airbench94_progressive.py')
+    hyp = edited_hyp(module)
+    loaders = make_loaders(module, hyp, cifar_source)
+    assert len(loaders[0]) > 6  # the warm-up is shorter than a run
+    module.warm_up(hyp, *loaders, seed=0, verbose=False)
+    graphs = graphs_compiled()
+    module.train(hyp, *loaders, seed=1, verbose=False)
+    assert graphs_compiled() == graphs

@@ -15,19 +15,21 @@ from conftest import SMALL_HYP, edited_hyp, make_loaders, small_loaders
 
 
 class ReusedOutputs(nn.Module):
-    """`model`, whose every call overwrites the output of the previous one (here with NaN); with
-    overwrite=False the same wrapper that leaves outputs alone, for the run to compare with."""
+    """`model` (a net, or a compiled training step returning outputs and loss), whose every call
+    overwrites the output tensors of the previous one (here with NaN); with overwrite=False the same
+    wrapper that leaves outputs alone, for the run to compare with."""
 
     def __init__(self, model, overwrite=True):
         super().__init__()
         self.model, self.overwrite = model, overwrite
         self.last_output = None
 
-    def forward(self, x):
+    def forward(self, *inputs):
         if self.last_output is not None and self.overwrite:
             with torch.no_grad():
-                self.last_output.fill_(float('nan'))
-        self.last_output = self.model(x)
+                for output in self.last_output if isinstance(self.last_output, tuple) else [self.last_output]:
+                    output.fill_(float('nan'))
+        self.last_output = self.model(*inputs)
         return self.last_output
 
 
@@ -50,8 +52,9 @@ def test_train_keeps_no_output_across_calls(module, cifar_source, monkeypatch):
 
     def run(overwrite):
         def fresh_net_wrapped(*args):
-            net, model = fresh_net(*args)
-            return net, ReusedOutputs(model, overwrite)
+            net, model, *steps = fresh_net(*args)  # airbench94_progressive: and its compiled steps
+            return net, ReusedOutputs(model, overwrite), *[{resolution: ReusedOutputs(step, overwrite)
+                                                            for resolution, step in s.items()} for s in steps]
         monkeypatch.setattr(module, 'fresh_net', fresh_net_wrapped)
         return module.train(hyp, *small_loaders(module, hyp, cifar_source), seed=0, verbose=False)
     expected = run(overwrite=False)

@@ -1,5 +1,5 @@
-"""The CUDA configuration, run on the CPU: fp16 channels_last data and net with fp32 BatchNorm,
-a float32 loss, and no host sync in the training steps.
+"""The CUDA configuration, run on the CPU: fp16 channels_last data and net with fp32 BatchNorm
+(fp16 in airbench94_progressive.py), a float32 loss, and no host sync in the training steps.
 
 torch's CPU runs fp16 convs, channels_last and BatchNorm with fp16 input and fp32 parameters,
 so train() can run exactly the precision policy it uses on CUDA (precision_policy('cuda')).
@@ -16,11 +16,12 @@ from conftest import (SCRIPTS, SMALL_HYP, SPEC_FIGURES, assert_all_channels_last
 from support.op_counting import SYNC_OPS, OpRecorder, recording_by_clock
 
 
-def test_one_function_decides_how_each_device_stores_data_and_net(module, cifar_source):
+def test_one_function_decides_how_each_device_stores_data_and_net(module, figures, cifar_source):
+    policies = figures.get('policies', {})
     assert module.precision_policy('cpu') == dict(dtype=torch.float, memory_format=torch.contiguous_format,
-                                                  batchnorm_dtype=torch.float)
-    assert module.precision_policy('cuda:1') == dict(dtype=torch.half, memory_format=torch.channels_last,
-                                                     batchnorm_dtype=torch.float)
+                                                  batchnorm_dtype=torch.float, **policies.get('cpu', {}))
+    assert module.precision_policy('cuda:1') == dict(dict(dtype=torch.half, memory_format=torch.channels_last,
+                                                          batchnorm_dtype=torch.float), **policies.get('cuda', {}))
     loader = module.CifarLoader(cifar_source, train=False, device='cpu')
     assert loader.policy == module.precision_policy('cpu') and loader.images.dtype == torch.float
     cuda_loader = module.CifarLoader(cifar_source, train=False, device='cpu', policy=module.precision_policy('cuda'))
@@ -85,7 +86,7 @@ def policy_runs(request, cifar_source):
             runs['cuda'] = module.train(hyp, *loaders, seed=0, verbose=False)
     finally:
         handle.remove()
-    return dict(runs, script=request.param, conv_inputs=conv_inputs, lookaheads=lookaheads, optimizers=optimizers,
+    return dict(runs, script=request.param, policy=module.precision_policy('cuda'), conv_inputs=conv_inputs, lookaheads=lookaheads, optimizers=optimizers,
                 timed_ops=recorder.timed_segments(), epochs=math.ceil(hyp['opt']['train_epochs']))
 
 
@@ -99,8 +100,8 @@ def test_cuda_policy_trains_about_as_well_as_fp32(policy_runs):
         assert abs(cuda['tta_val_acc'] - fp32['tta_val_acc']) <= 0.05
 
 
-def test_cuda_policy_keeps_convs_fp16_channels_last_and_batchnorm_fp32(policy_runs):
-    assert_cuda_storage(policy_runs['cuda']['net'])
+def test_cuda_policy_keeps_convs_fp16_channels_last_and_batchnorm_as_it_says(policy_runs):
+    assert_cuda_storage(policy_runs['cuda']['net'], policy_runs['policy'])
 
 
 def test_lookahead_ema_has_the_dtype_and_layout_of_what_it_averages(policy_runs):

@@ -31,30 +31,25 @@ def graphs_compiled():
 @pytest.fixture(scope='module', params=SCRIPTS)
 def cuda_run(request, cifar_source):
     """A train() of the script on the GPU with cuDNN benchmarking switched off before it and the
-    layout of every conv input recorded. Compiled scripts run their network eagerly here: dynamo
-    would recompile the recording hook at every call; the last test runs them compiled."""
+    layout of every conv input recorded. Compiled scripts run their network eagerly here (the
+    recording forces it: dynamo would recompile the recording hook at every call); the last test runs
+    them compiled."""
     module = load_script(request.param)
     hyp = edited_hyp(module)
     loaders = cuda_loaders(module, hyp, cifar_source)
-    fresh_net = module.fresh_net
-
-    def uncompiled_fresh_net(*args):
-        net, _ = fresh_net(*args)
-        return net, net
-    with pytest.MonkeyPatch.context() as patch, conv_input_layouts() as conv_inputs:
-        patch.setattr(module, 'fresh_net', uncompiled_fresh_net)
+    with conv_input_layouts() as conv_inputs:
         torch.backends.cudnn.benchmark = False
         result = module.train(hyp, *loaders, seed=1, verbose=False)
     return dict(module=module, hyp=hyp, loaders=loaders, result=result, conv_inputs=conv_inputs,
                 cudnn_benchmark=torch.backends.cudnn.benchmark)
 
 
-def test_cuda_policy_trains_with_fp16_convs_and_fp32_batchnorm(cuda_run):
+def test_cuda_policy_trains_with_fp16_convs_and_its_batchnorm_dtype(cuda_run):
     result = cuda_run['result']
     assert all(math.isfinite(row['train_loss']) for row in result['epochs'])
     assert result['tta_val_acc'] > 0.5  # learnable data: chance is 0.1
     assert all(p.is_cuda for p in result['net'].parameters())
-    assert_cuda_storage(result['net'])
+    assert_cuda_storage(result['net'], cuda_run['module'].precision_policy('cuda'))
 
 
 def test_every_conv_input_is_channels_last(cuda_run):

@@ -67,11 +67,11 @@ def test_lookahead_update_moves_every_float_entry_towards_ema_and_resets(script,
     assert all(torch.allclose(v, before[k] + 0.25, atol=1e-6) for k, v in net.state_dict().items() if v.is_floating_point())
 
 
-def test_loss_is_label_smoothed_cross_entropy_summed_over_the_batch(module):
+def test_loss_is_label_smoothed_cross_entropy_summed_over_the_batch(module, figures):
     torch.manual_seed(0)
     logits, labels = torch.randn(64, 10), torch.randint(0, 10, (64,))
     eps = module.hyp['opt']['label_smoothing']
-    assert eps == 0.2
+    assert eps == figures.get('label_smoothing', 0.2)
     log_probs = logits.log_softmax(1)
     expected = -((1 - eps) * log_probs[torch.arange(64), labels] + eps * log_probs.mean(1)).sum()
     assert torch.allclose(module.make_loss_fn(module.hyp)(logits, labels), expected, atol=1e-4)
@@ -81,7 +81,8 @@ def test_loss_stays_finite_where_an_fp16_sum_overflows(module):
     labels = torch.arange(1024) % 10
     logits = torch.zeros(1024, 10)
     logits[torch.arange(1024), (labels + 1) % 10] = 100.0  # confidently wrong: about 98 per example
-    expected = torch.nn.functional.cross_entropy(logits.double(), labels, label_smoothing=0.2, reduction='sum')
+    expected = torch.nn.functional.cross_entropy(logits.double(), labels, reduction='sum',
+                                                 label_smoothing=module.hyp['opt']['label_smoothing'])
     assert expected > 65504  # more than fp16 can hold
     loss = module.make_loss_fn(module.hyp)(logits.half(), labels)
     assert torch.isfinite(loss), 'the summed loss overflowed to %s' % loss

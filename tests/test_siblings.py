@@ -13,7 +13,7 @@ from conftest import ROOT, SCRIPTS, compiles, load_script
 # (parse_args, main). The three compiled scripts share these definitions exactly.
 COMPILED_EXECUTION = {'fresh_net', 'parse_args', 'main'}
 COMPILED_EXTRA_NAMES = {'compiled_nets', 'compile_mode'}
-COMPILED = ['airbench94_compiled.py', 'airbench94_muon.py', 'airbench96_faster.py']
+COMPILED = ['airbench94_compiled.py', 'airbench94_muon.py', 'airbench94_progressive.py', 'airbench96_faster.py']
 # Top-level definitions that may differ from airbench94.py, and why
 INTENDED_CODE_DIFFERENCES = {
     'airbench95.py': set(),
@@ -23,6 +23,10 @@ INTENDED_CODE_DIFFERENCES = {
     'airbench94_muon.py': {'Net', 'make_net', 'train'} | COMPILED_EXECUTION,
     # blocks of 2 (the proxy) or 3 convs; compiled; the proxy and the stream in the step loop
     'airbench96_faster.py': {'ConvGroup', 'Net', 'train'} | COMPILED_EXECUTION,
+    # the curriculum and jitter in the loader; fp16 BatchNorm; SiLU; global max pool and logits / width; Muon's
+    # init as airbench94_muon; SVD whitening; selective TTA; one compiled step per resolution; a shorter warm-up
+    'airbench94_progressive.py': {'CifarLoader', 'precision_policy', 'ConvGroup', 'Net', 'make_net',
+                                  'init_whitening_conv', 'infer', 'train', 'warm_up'} | COMPILED_EXECUTION,
 }
 # Top-level names only a sibling has
 INTENDED_EXTRA_NAMES = {
@@ -31,9 +35,14 @@ INTENDED_EXTRA_NAMES = {
                                                   'set_learning_rates'},
     'airbench96_faster.py': COMPILED_EXTRA_NAMES | {'training_stream', 'proxy_hyp', 'make_example_loss_fn',
                                                     'select_hardest'},
+    'airbench94_progressive.py': COMPILED_EXTRA_NAMES | {'newton_schulz', 'compiled_newton_schulz', 'Muon',
+                                                         'make_optimizers', 'set_learning_rates', 'epoch_resolution',
+                                                         'batch_crop'},
 }
 # Top-level names of airbench94.py that a sibling's method has no use for
-INTENDED_MISSING_NAMES = {'airbench94_muon.py': {'LookaheadState', 'lookahead_decay', 'make_optimizer', 'lr_multiplier'}}
+INTENDED_MISSING_NAMES = {'airbench94_muon.py': {'LookaheadState', 'lookahead_decay', 'make_optimizer', 'lr_multiplier'},
+                          'airbench94_progressive.py': {'lookahead_decay', 'make_optimizer', 'lr_multiplier',
+                                                        'batch_translate', 'batch_cutout'}}
 # Where the method ends: nothing after this banner changes it
 PLUMBING_BANNER = 'Files, table, main: no method from here'
 
@@ -62,6 +71,19 @@ INTENDED_HYP_DIFFERENCES = {
                              'opt.whiten_bias_freeze': False, 'net.convs_per_block': 3,
                              'proxy.widths': {'block1': 32, 'block2': 64, 'block3': 64}, 'proxy.convs_per_block': 2,
                              'proxy.keep_fraction': 0.5, 'proxy.train_every_steps': 4},
+    'airbench94_progressive.py': {
+        'opt.train_epochs': 8.25, 'opt.batch_size': 1536, 'opt.weight_decay': 1.0418e-6, 'opt.momentum': 0.825,
+        'opt.label_smoothing': 0.09, 'opt.whiten_bias_epochs': 0.2, 'net.batchnorm_momentum': 0.4434,
+        'aug.cutout': ABSENT, 'lookahead.every_steps': 4,
+        # entries airbench94.py does not have
+        'opt.decay_epochs': 8.125, 'opt.lr_floor': 0.05, 'opt.whiten_bias_lr': 0.0573, 'opt.norm_bias_lr': 0.0573,
+        'opt.head_lr': 0.5415, 'opt.muon_lr': 0.205, 'opt.muon_momentum': 0.655, 'opt.muon_nesterov': True,
+        'opt.newton_schulz_coefficients': (3.4576, -4.7391, 2.0843), 'opt.newton_schulz_steps': 3,
+        'opt.renorm_interval': (2, 15), 'aug.brightness': 0.1399, 'aug.contrast': 0.1308,
+        'aug.resolutions': [28] * 5 + [32] * 4, 'aug.resize': False, 'net.selective_tta': 0.0,
+        'lookahead.start_before_decay_end': 8, 'lookahead.decay': 0.7,
+        **{path: ABSENT for path in ['opt.lr', 'opt.bias_scaler', 'opt.lr_warmup_frac', 'opt.lr_start', 'opt.lr_end',
+                                     'lookahead.decay_per_step', 'lookahead.power', 'net.scaling_factor']}},
 }
 
 SIBLINGS = [s for s in SCRIPTS if s != 'airbench94.py']
