@@ -9,7 +9,7 @@ warm_up, format_row, LOG_COLUMNS, DataError, TrainingDiverged, and compile_mode 
 Run i (counting from 0) uses seed S+i on rank i mod WORLD_SIZE, so the set of results does not
 depend on the number of processes. One JSON log per invocation, written by rank 0.
 """
-import argparse, datetime, importlib.util, json, math, os, platform, random, re  # noqa: E401
+import argparse, contextlib, datetime, importlib.util, json, math, os, platform, random, re  # noqa: E401
 import signal, statistics, sys, tempfile, time  # noqa: E401
 
 import torch
@@ -152,6 +152,9 @@ def parse_args(argv):
     parser.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto', help='auto: CUDA if any')
     parser.add_argument('--data-dir', default='cifar10', help='where CIFAR-10 is or is downloaded to')
     parser.add_argument('--no-warmup', action='store_true', help='skip the untimed warm-up run on random labels')
+    parser.add_argument('--eager', action='store_true', help="run a compiling script's compiled code eagerly: the "
+                        "same method without compilation, so --no-warmup is allowed; times are not the compiled "
+                        "script's (for accuracy checks on a CPU, and debugging)")
     parser.add_argument('--log-dir', default='logs', help='folder for the JSON log (default ./logs)')
     parser.add_argument('--set', dest='sets', metavar='PATH=VALUE', type=parse_set, action='append', default=[],
                         help="set hyp's dotted PATH to a JSON VALUE before anything runs, e.g. opt.train_epochs=2.5 "
@@ -180,7 +183,7 @@ def parse_args(argv):
         error = edit_hyp(args.module.hyp, path, value)
         if error:
             parser.error('--set %s: %s' % (path, error))
-    if args.no_warmup and hasattr(args.module, 'compile_mode'):
+    if args.no_warmup and hasattr(args.module, 'compile_mode') and not args.eager:
         parser.error('--no-warmup: %s compiles during its warm-up, which keeps compilation out of the timed runs'
                      % os.path.basename(args.script))
     if args.save_logits:  # every rank writes its own runs' logits
@@ -263,12 +266,14 @@ def stop_once(signum, frame):
 
 
 def run_all(args, device, rank, local_rank, world_size):
-    module, mode = args.module, compile_mode(args.module, device)
+    module, mode = args.module, None if args.eager else compile_mode(args.module, device)
     say = print if rank == 0 else (lambda *a, **k: None)  # other ranks print only problems
     say('note: CPU run in float32, for tests and laptops; timings mean nothing for GPUs' if device.type == 'cpu'
         else 'device: %s' % torch.cuda.get_device_name(device))
     if mode:
         say("note: torch.compile(mode='%s') compiles during the warm-up run" % mode)
+    elif args.eager and compile_mode(module, device):
+        say("note: --eager: the script's compiled code runs eagerly; times are not the compiled script's")
     loaders, error = load_data(module, args.data_dir, device, rank, local_rank, world_size)
     if loaders and len(loaders[0]) == 0:
         error = '%d training images are fewer than one batch of %d' % (len(loaders[0].images), loaders[0].batch_size)
@@ -327,7 +332,7 @@ def report(args, runs, interrupted, warmup_seconds, new_graphs, counts, train_lo
         print('\ninterrupted: summarizing the %d finished runs' % len(runs))
     summary = summarize(runs, args.target)
     print(format_summary(summary))
-    mode = compile_mode(args.module, device)
+    mode = None if args.eager else compile_mode(args.module, device)
     if mode:  # must be 0: the warm-up compiles everything, so that no timed run includes compilation
         print('graphs compiled during the timed runs: %s' % (
             'n/a (the warm-up did not finish)' if new_graphs is None else new_graphs if new_graphs == 0
@@ -339,7 +344,7 @@ def report(args, runs, interrupted, warmup_seconds, new_graphs, counts, train_lo
         device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
         dtype=str(train_loader.images.dtype).replace('torch.', ''), torch_version=torch.__version__,
         python_version=platform.python_version(), warmup_seconds=warmup_seconds,
-        compile=dict(mode=mode, graphs_compiled_in_timed_runs=new_graphs) if mode else None,
+        compile=dict(mode=mode, graphs_compiled_in_timed_runs=new_graphs) if mode else None, eager=args.eager,
         interrupted=interrupted, runs=runs, summary=summary, source=args.source, harness_source=args.harness_source)
     stem = os.path.splitext(os.path.basename(args.script))[0]
     path = os.path.join(args.log_dir, '%s-harness-%s-%d.json' % (stem, time.strftime('%Y%m%d-%H%M%S'), os.getpid()))
@@ -376,7 +381,8 @@ def main(argv=None):
             seed = [args.seed]
             torch.distributed.broadcast_object_list(seed, src=0)  # rank 0's base seed, drawn or given
             args.seed = seed[0]
-        return run_all(args, device, rank, local_rank, world_size)
+        with torch.compiler.set_stance('force_eager') if args.eager else contextlib.nullcontext():
+            return run_all(args, device, rank, local_rank, world_size)
     except Exception as e:
         if world_size == 1:
             raise

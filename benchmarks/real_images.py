@@ -31,6 +31,9 @@ def main():
     parser.add_argument('--set', type=parse_setting, action='append', default=[], metavar='PATH=JSON',
                         help='edit hyp before training, e.g. opt.train_epochs=4')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--eager', action='store_true', help="a compiling script's compiled code runs eagerly, "
+                        "without the warm-up (harness.py --eager --no-warmup): accuracy only; on a CPU the warm-up is "
+                        "a whole run")
     parser.add_argument('--from-log', metavar='LOG', help='record an existing log of such a run (e.g. one stopped '
                         'with Ctrl-C after some runs) instead of training')
     args = parser.parse_args()
@@ -44,7 +47,9 @@ def main():
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', str(args.seed),
            '--log-dir', log_dir]
-    if args.device == 'cpu' and not compiles(load_script(args.script)):
+    if args.eager:
+        cli += ['--eager', '--no-warmup']
+    elif args.device == 'cpu' and not compiles(load_script(args.script)):
         cli.append('--no-warmup')  # on CPU the warm-up warms nothing (a compiling script needs it to compile)
     returncode, wall_seconds, log_path = run_logged(args.script, args.set, cli, log_dir)
     if returncode != 0 or log_path is None:
@@ -69,8 +74,9 @@ def record(args, log, log_path, command, wall_seconds):
     append_result([
         '### %s on real images, %s, %s' % (args.script, args.device, time.strftime('%Y-%m-%d')),
         '',
-        '- command: `python -m benchmarks.real_images %s --runs %d --device %s --seed %d%s` (runs `%s`)' % (
-            args.script, args.runs, args.device, args.seed, settings_flags(args.set), shown_command(command)),
+        '- command: `python -m benchmarks.real_images %s --runs %d --device %s --seed %d%s%s` (runs `%s`)' % (
+            args.script, args.runs, args.device, args.seed, settings_flags(args.set),
+            ' --eager' if getattr(args, 'eager', False) else '', shown_command(command)),
         '- hyp edits: %s' % (settings_text(settings) or 'none (the published method)'),
         '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'],
                                               log.get('dtype', 'n/a')),

@@ -199,6 +199,21 @@ def test_a_compiled_script_refuses_no_warmup(tmp_path, monkeypatch, capsys):
     assert 'error: --no-warmup: airbench94_compiled.py compiles during its warm-up' in stderr
     assert os.listdir(tmp_path) == []
 
+
+def test_eager_runs_a_compiled_script_without_warm_up_and_sets_list_values(tmp_path, cifar_dir):
+    # airbench94_progressive.py with E1's curriculum switched on from the command line: its three
+    # epochs at 24, 28 and 32 px, resized; eagerly, so nothing compiles and no warm-up is needed
+    script = 'airbench94_progressive.py'
+    result = run_harness(script, ['--data-dir', cifar_dir, '--runs', '1', '--seed', '0', '--eager', '--no-warmup'],
+                         tmp_path, edits=tiny_hyp(script) + [['aug.resolutions', [24, 28, 32]], ['aug.resize', True]])
+    assert result.returncode == 0, result.stderr
+    assert "note: --eager: the script's compiled code runs eagerly" in result.stdout and 'warm' not in result.stdout
+    assert [r.split('|')[2].strip() for r in table_rows(result.stdout, 1)] == ['1', '2', '3', 'eval']
+    assert 'graphs compiled' not in result.stdout
+    log = json.load(open(tmp_path / 'logs' / os.listdir(tmp_path / 'logs')[0]))
+    assert (log['eager'], log['compile'], log['warmup_seconds'], log['target']) == (True, None, None, 0.94)
+    assert log['hyp']['aug']['resolutions'] == [24, 28, 32] and log['hyp']['aug']['resize'] is True
+
 #############################################
 #               torchrun                    #
 #############################################
