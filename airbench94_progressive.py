@@ -29,10 +29,10 @@ Changes relative to airbench94.py (a test keeps everything else identical):
   builds, at epoch 0, a normalized, coin-flipped, reflect-padded copy of the images; each
   epoch crops it (a window of the unpadded image below 32 px), mirrors it on odd epochs,
   jitters brightness then contrast per image, and shuffles the whole set.
-- Network: precision_policy stores BatchNorm in fp16 on CUDA too, and Newton-Schulz's dtype
-  (fp16 on CUDA; fp32 on the CPU, where fp16 matmuls are 10x slower); ConvGroup uses SiLU; Net
-  pools globally (the size-agnostic max over all positions) and divides the logits by the
-  feature width; make_net keeps the whitening bias's default init and gives the head unit
+- Network: precision_policy stores BatchNorm in fp16 on CUDA too, and sets Newton-Schulz's dtype
+  (fp16 on CUDA; fp32 on the CPU, where fp16 matmuls are an order of magnitude slower); ConvGroup
+  uses SiLU; Net pools globally (the size-agnostic max over all positions) and divides the logits
+  by the feature width; make_net keeps the whitening bias's default init and gives the head unit
   std, as airbench94_muon.py; init_whitening_conv decomposes by SVD instead of eigh.
 - Optimization: newton_schulz orthogonalizes a batch of zero-padded matrices; Muon renormalises
   the filters at due steps, steps them by -lr x NS(Nesterov direction) and then decays them;
@@ -144,9 +144,9 @@ class CifarLoader:
         self.mean = torch.tensor(CIFAR_MEAN, dtype=dtype, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(CIFAR_STD, dtype=dtype, device=self.device).view(1, 3, 1, 1)
         self.aug, self.batch_size, self.epoch = dict(aug or {}), batch_size, 0
-        if set(self.aug) - {'flip', 'translate', 'brightness', 'contrast', 'resolutions', 'resize'}:
-            raise ValueError('unknown augmentation in %s' % sorted(set(self.aug) - {
-                'flip', 'translate', 'brightness', 'contrast', 'resolutions', 'resize'}))
+        unknown = set(self.aug) - {'flip', 'translate', 'brightness', 'contrast', 'resolutions', 'resize'}
+        if unknown:
+            raise ValueError('unknown augmentation in %s' % sorted(unknown))
         self.drop_last = train if drop_last is None else drop_last
         self.shuffle = train if shuffle is None else shuffle
 
@@ -175,7 +175,7 @@ class CifarLoader:
             scale = torch.empty_like(shift)
             shift.uniform_(-self.aug.get('brightness', 0), self.aug.get('brightness', 0))
             scale.uniform_(1 - self.aug.get('contrast', 0), 1 + self.aug.get('contrast', 0))
-            images = (images + shift) * scale
+            images.add_(shift).mul_(scale)  # in place: the crop (or its mirror) is this epoch's own copy
         # The conv's layout, asked for: the crop's gather returns another
         return images.contiguous(memory_format=self.policy['memory_format'])
 

@@ -76,7 +76,7 @@ def record(args, log, log_path, command, wall_seconds):
         '',
         '- command: `python -m benchmarks.real_images %s --runs %d --device %s --seed %d%s%s` (runs `%s`)' % (
             args.script, args.runs, args.device, args.seed, settings_flags(args.set),
-            ' --eager' if getattr(args, 'eager', False) else '', shown_command(command)),
+            ' --eager' if args.eager else '', shown_command(command)),
         '- hyp edits: %s' % (settings_text(settings) or 'none (the published method)'),
         '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'],
                                               log.get('dtype', 'n/a')),

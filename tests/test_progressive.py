@@ -153,6 +153,14 @@ def test_padded_newton_schulz_equals_per_filter_newton_schulz(progressive):
         assert 0.5 <= singular_values.min() and singular_values.max() <= 1.5
 
 
+def test_compiled_newton_schulz_matches_the_eager_one_on_a_padded_batch(progressive):
+    # CUDA runs the compiled one (in fp16 there); the same batch in fp32 here, small shapes
+    padded = torch.stack([F.pad(torch.randn(rows, 24), (0, 0, 0, 16 - rows)) for rows in (8, 16)])
+    compiled = progressive.compiled_newton_schulz(padded, COEFFICIENTS, 3)
+    assert torch.allclose(compiled, progressive.newton_schulz(padded, COEFFICIENTS, 3), atol=1e-5)
+    assert compiled[0, 8:].count_nonzero() == 0
+
+
 def test_two_muon_steps_match_the_formulas_by_hand(progressive):
     sgd, muon = optimizers_of(progressive, tiny_net(progressive))
     group, = muon.param_groups
