@@ -1,50 +1,64 @@
 """airbench94_progressive.py: CIFAR-10 to 94% with a 28 -> 32 px curriculum, the fastest known recipe.
 
 Published result (Fulcrum Research's "Fable-5" runs, recipe E5, certified schedule): 94.02% mean
-TTA test accuracy in 1.865 s on one NVIDIA A100-SXM4-80GB (n=200 runs, torch 2.4.0), 0.25 PFLOPs;
-its deeper 24-28-32 px sibling E1: 1.828 s. It builds on hiverge's record (2.015 s) and on
+TTA test accuracy in 1.865 s on one NVIDIA A100-SXM4-80GB (n=200 runs, torch 2.4.0), 0.25 PFLOPs.
+That accuracy is graded as the 2026 record holders grade, on test images 2000-9999 only (on all
+10,000: 94.028%); `harness.py --graded-split` grades ours the same way. Its deeper 24-28-32 px
+sibling E1: 94.046% (all 10,000: 94.057%) in 1.828 s. Both build on hiverge's record (2.015 s) and on
 airbench94_muon.py (github.com/KellerJordan/airbench). Ours: benchmarks/RESULTS.md.
 
     python airbench94_progressive.py      # compile in the warm-up, then 25 timed runs on CUDA
     python harness.py airbench94_progressive.py  # torchrun, statistics, hyp edits, saved logits
+    python harness.py airbench94_progressive.py --preset E1  # E1 instead of E5 (PRESETS lists its values)
 
 The method: airbench94_muon's network and optimizers, trained for 264 steps of batch 1536, the
 first five epochs on 28 px windows of the unpadded images, then at 32 px; brightness and contrast
 jitter; Muon over the six filters as one zero-padded batch, renormalised now and then and decayed;
-a learning-rate floor and a weight-averaging tail. The 24-28-32 px curriculum of E1, which resizes
-instead of cropping: --set 'aug.resolutions=[24,24,24,28,28,28,32,32,32]' --set aug.resize=true
-(E1 also trains longer: opt.train_epochs=8.875, opt.decay_epochs=8.5).
+a learning-rate floor and a weight-averaging tail. E1 (PRESETS['E1']) starts at 24 px, resizes
+instead of cropping, trains 284 steps and gives Muon a higher learning rate.
 
 Changes relative to airbench94.py (a test keeps everything else identical):
 - hyp: batch_size 1536 (32 steps per epoch); train_epochs 8.25 (264 steps) and decay_epochs
   8.125 (the learning rates fall over 260 steps) to lr_floor 0.05 of their start; per-step
   learning rates whiten_bias_lr, norm_bias_lr, head_lr (SGD, momentum 0.825) and muon_lr,
   muon_momentum, muon_nesterov, newton_schulz_coefficients, newton_schulz_steps (Muon);
-  renorm_interval; weight_decay 1.0418e-6 per example, for every group and the filters;
-  label_smoothing 0.09; whiten_bias_epochs 0.2 (7 steps). aug: brightness, contrast,
-  resolutions (per epoch) and resize; no cutout. net: batchnorm_momentum 0.4434,
+  renorm_min_interval and renorm_interval_growth; weight_decay 1.0418e-6 per example, for every
+  group and the filters; label_smoothing 0.09; whiten_bias_epochs 0.2 (7 steps). aug: brightness,
+  contrast, resolutions (per epoch) and resize; no cutout. net: batchnorm_momentum 0.4434,
   selective_tta; no scaling_factor. lookahead: start_before_decay_end, every_steps 4, decay
   0.7 (no decay_per_step or power). No lr, bias_scaler or warm-up (lr_warmup_frac, lr_start, lr_end).
+  PRESETS: E1's values.
 - Data: epoch_resolution and batch_crop replace batch_translate and batch_cutout. CifarLoader
   builds, at epoch 0, a normalized, coin-flipped, reflect-padded copy of the images; each
   epoch crops it (a window of the unpadded image below 32 px), mirrors it on odd epochs,
   jitters brightness then contrast per image, and shuffles the whole set.
 - Network: precision_policy stores BatchNorm in fp16 on CUDA too, and sets Newton-Schulz's dtype
   (fp16 on CUDA; fp32 on the CPU, where fp16 matmuls are an order of magnitude slower); ConvGroup
-  uses SiLU; Net pools globally (the size-agnostic max over all positions) and divides the logits
-  by the feature width; make_net keeps the whitening bias's default init and gives the head unit
-  std, as airbench94_muon.py; init_whitening_conv decomposes by SVD instead of eigh.
+  uses SiLU; Net can detach the whitening bias (a flag), pools globally (the size-agnostic max
+  over all positions) and divides the logits by the feature width; make_net keeps the whitening
+  bias's default init and gives the head unit std, as airbench94_muon.py; init_whitening_conv
+  decomposes by SVD instead of eigh.
 - Optimization: newton_schulz orthogonalizes a batch of zero-padded matrices; Muon renormalises
   the filters at due steps, steps them by -lr x NS(Nesterov direction) and then decays them;
   make_optimizers and set_learning_rates replace make_optimizer and lr_multiplier (linear
   decay to a floor); lookahead_decay is gone: the tail uses LookaheadState with decay 0.7.
 - infer: selective test-time augmentation as an option (hyp selective_tta, off by default).
-- train: one compiled forward-plus-loss step per resolution; the whitening bias frozen after
-  its steps; the EMA tail. fresh_net, compile_mode and compiled_nets as airbench94_muon.py's,
+- train: one compiled forward-plus-loss step per resolution, told whether the whitening bias
+  still trains; the EMA tail. fresh_net, compile_mode and compiled_nets as airbench94_muon.py's,
   plus the steps; warm_up trains every epoch of the schedule on 6 batches rather than a whole
   run: every graph a run uses compiles (the bias trains 2 steps at 28 px, as a run's 7).
-Unlike the source, as in this family: the loss is summed in fp32 (the source backpropagates an fp16
-sum), SGD is foreach rather than fused, and the augmentation runs eagerly (the source compiles it).
+Unlike the source (Fulcrum's runners/recipes/e5.py and e1.py, github.com/fulcrumresearch/cifar-10-speedrun):
+- Each run draws its own first-epoch flip pattern, as airbench does. The source draws one per
+  process under a fixed seed and every run reuses it, so the spread of its 200 runs leaves out
+  that variance (whether the mean moves is not established).
+- The clock. Ours, `time_seconds` (airbench's): the whitening init, the training (its epoch 0
+  builds the normalized, flipped, padded copy of the images) and the final 6-view TTA;
+  `train_seconds`: the same without the TTA. Fulcrum's 1.865 s ("compute-honest"): a timed
+  prepare (re-initializing the weights, the whitening init, zeroing the optimizer state) plus the
+  training loop; the padded copy is built once per process and evaluation is untimed. Neither of
+  ours is theirs: compare a time only with one measured the same way.
+- As in this family: the loss is summed in fp32 (the source backpropagates an fp16 sum), SGD is
+  foreach rather than fused, and the augmentation runs eagerly (the source compiles it).
 """
 import copy
 import math
@@ -71,7 +85,8 @@ hyp = {
         'norm_bias_lr': 0.0573,   # BatchNorm biases,
         'head_lr': 0.5415,        # head weight
         'momentum': 0.825,        # SGD's, Nesterov
-        'weight_decay': 1.0418e-6,  # per example, decoupled: x batch_size, x the lr multiplier (SGD) or the lr (Muon)
+        'weight_decay': 1.0418e-6,  # per example, x batch_size per step: SGD's is x the lr multiplier and goes through
+                                    # momentum (added to the gradient); Muon's is x the lr, after the update (decoupled)
         'label_smoothing': 0.09,
         'whiten_bias_epochs': 0.2,  # train the whitening bias for ceil(0.2 x 32) = 7 steps, then freeze it
         'muon_lr': 0.205,         # Muon, for the 3x3 conv filters
@@ -79,7 +94,8 @@ hyp = {
         'muon_nesterov': True,
         'newton_schulz_coefficients': (3.4576, -4.7391, 2.0843),  # (a, b, c) of the quintic iteration
         'newton_schulz_steps': 3,
-        'renorm_interval': (2, 15),  # (n0, m): renormalise the filters at step k once k - last >= n0 + floor(m k / T)
+        'renorm_min_interval': 2,  # renormalise the filters at step k (1, 2, ...) once k - (the last such k) reaches
+        'renorm_interval_growth': 15,  # renorm_min_interval + floor(renorm_interval_growth x k / decay steps)
     },
     'aug': {
         'flip': True,             # alternating flip
@@ -104,6 +120,17 @@ hyp = {
     },
 }
 
+# Fulcrum's E1 (1.828 s published; E5 above: 1.865 s): every value in which it differs from E5, set at once by
+# `python harness.py airbench94_progressive.py --preset E1`. Its other differences are speed only (one CUDA graph
+# for the whole run, the optimizers inside it, Newton-Schulz grouped by shape) and are not reproduced here
+PRESETS = {
+    'E1': {'aug.resolutions': [24, 24, 24, 28, 28, 28, 32, 32, 32],  # 96 / 96 / 92 steps at 24 / 28 / 32 px,
+           'aug.resize': True,          # 32 px crops resized below 32 px (bilinear), not windows
+           'opt.train_epochs': 8.875,   # 284 steps
+           'opt.decay_epochs': 8.5,     # the learning rates fall over 272 steps; EMA after steps 268, 272, ..., 284
+           'opt.muon_lr': 0.2255},
+}
+
 #############################################
 #          Data and augmentation            #
 #############################################
@@ -117,13 +144,13 @@ def epoch_resolution(aug, epoch):
     return resolutions[min(epoch, len(resolutions) - 1)]
 
 
-def batch_crop(padded, size, first, last):
-    """A size x size crop of each image, its top-left corner uniform on {first, ..., last} per axis."""
-    n = len(padded)
+def batch_crop(images, size):
+    """A random size x size crop of each (square) image, its top-left corner uniform per image and axis."""
+    n, side = len(images), images.size(-1)
     # Every crop of every image as a view (N, row, column, H, W, C); one gather picks each image's own
-    crops = padded.unfold(2, size, 1).unfold(3, size, 1).permute(0, 2, 3, 4, 5, 1)
-    dy, dx = torch.randint(first, last + 1, (2, n), device=padded.device)
-    return crops[torch.arange(n, device=padded.device), dy, dx].permute(0, 3, 1, 2)
+    crops = images.unfold(2, size, 1).unfold(3, size, 1).permute(0, 2, 3, 4, 5, 1)
+    dy, dx = torch.randint(0, side - size + 1, (2, n), device=images.device)
+    return crops[torch.arange(n, device=images.device), dy, dx].permute(0, 3, 1, 2)
 
 
 class CifarLoader:
@@ -165,9 +192,12 @@ class CifarLoader:
                 flip = torch.rand(n, device=self.device) < 0.5
                 images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
             self.padded = F.pad(images, (pad,) * 4, mode='reflect') if pad else images
-        # Below 32 px and not resized: a window of the unpadded image, the centre one shifted by up to `translate`
+        # The crop comes from the centre size + 2 x translate pixels of the padded image: at 32 px all of it (the
+        # image shifted by up to `translate`); below, the unpadded image (the centre window shifted by up to that)
         size = 32 if self.aug.get('resize') else epoch_resolution(self.aug, epoch)
-        images = batch_crop(self.padded, size, (32 - size) // 2, (32 - size) // 2 + 2 * pad)
+        side = size + 2 * pad
+        start = (self.padded.size(-1) - side) // 2
+        images = batch_crop(self.padded[:, :, start:start + side, start:start + side], size)
         if self.aug.get('flip') and epoch % 2 == 1:
             images = images.flip(-1)  # alternating flip: every image shows its other orientation on odd epochs
         if self.aug.get('brightness') or self.aug.get('contrast'):
@@ -245,8 +275,10 @@ class Net(nn.Module):
                                     ConvGroup(widths['block2'], widths['block3'], momentum))
         self.head = nn.Linear(widths['block3'], 10, bias=False)
 
-    def forward(self, x):
-        x = self.blocks(F.gelu(self.whiten(x)))  # N,3,32,32 -> N,24,31,31 -> ... -> N,C,3,3 (28 px: 27, ..., 3)
+    def forward(self, x, whiten_bias_grad=True):
+        bias = self.whiten.bias if whiten_bias_grad else self.whiten.bias.detach()  # detached: no gradient, so no step
+        x = F.gelu(F.conv2d(x, self.whiten.weight, bias))
+        x = self.blocks(x)  # N,3,32,32 -> N,24,31,31 -> ... -> N,C,3,3 (28 px: 27, ..., 3)
         features = x.amax((2, 3))  # N,C: a global max, so any resolution works (MaxPool2d(3) at 28 and 32 px)
         return self.head(features) / features.size(1)  # divided by the feature width
 
@@ -297,22 +329,23 @@ class Muon(torch.optim.Optimizer):
     """Momentum, then orthogonalization of the update: for 4-D conv filters W (C_out, C_in, k, k).
 
     At optimizer step k (1, 2, ...), if renormalisation is due, each W is first rescaled to
-    Frobenius norm sqrt(C_out); due when k - (the last such k, or 0) >= n0 + floor(m k / decay_steps),
-    (n0, m) = `renorm_interval`. Per filter, with gradient g: buf <- momentum * buf + g; direction
+    Frobenius norm sqrt(C_out); due when k - (the last such k, or 0) >= renorm_min_interval +
+    floor(renorm_interval_growth x k / decay_steps), an interval that grows from 2 steps to 17. Per filter, with gradient g: buf <- momentum * buf + g; direction
     d = g + momentum * buf (Nesterov) or buf. All directions, as C_out x C_in*k*k matrices zero-padded
     to the largest, go through Newton-Schulz as one batch (zero padding is inert: each result is
     its own matrix's, cropped back). Then W <- W - lr * NS(d), and W <- W * (1 - lr * weight_decay)."""
 
-    def __init__(self, params, lr, momentum, nesterov, weight_decay, coefficients, steps, renorm_interval,
-                 decay_steps, dtype):
+    def __init__(self, params, lr, momentum, nesterov, weight_decay, coefficients, steps, renorm_min_interval,
+                 renorm_interval_growth, decay_steps, dtype):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                                       coefficients=coefficients, steps=steps))
-        self.renorm_interval, self.decay_steps, self.dtype = renorm_interval, decay_steps, dtype
+        self.renorm_min_interval, self.renorm_interval_growth = renorm_min_interval, renorm_interval_growth
+        self.decay_steps, self.dtype = decay_steps, dtype
         self.steps_taken, self.last_renorm = 0, 0
 
     def renorm_due(self, k):
-        n0, m = self.renorm_interval
-        return k - self.last_renorm >= n0 + (m * k) // self.decay_steps
+        interval = self.renorm_min_interval + (self.renorm_interval_growth * k) // self.decay_steps
+        return k - self.last_renorm >= interval
 
     @torch.no_grad()
     def step(self):
@@ -357,14 +390,15 @@ def make_optimizers(net, hyp, decay_steps, whiten_bias_steps, policy):
               dict(params=norm_biases, lr=opt['norm_bias_lr'], decay_steps=decay_steps, floor=opt['lr_floor']),
               dict(params=[net.head.weight], lr=opt['head_lr'], decay_steps=decay_steps, floor=opt['lr_floor'])]
     for group in groups:
-        group['weight_decay'] = decay / group['lr']  # SGD multiplies it by the lr
+        group['weight_decay'] = decay / group['lr']  # SGD adds this x the weight to the gradient; x the lr, it is decay
     # foreach: the batched update PyTorch picks on CUDA by default, asked for so every device runs it
     sgd = torch.optim.SGD(groups, momentum=opt['momentum'], nesterov=True, foreach=True)
     filters = [p for p in net.parameters() if p.dim() == 4 and p.requires_grad]  # not the frozen whitening weight
     muon = Muon([dict(params=filters, decay_steps=decay_steps, floor=opt['lr_floor'])], lr=opt['muon_lr'],
                 momentum=opt['muon_momentum'], nesterov=opt['muon_nesterov'], weight_decay=decay,
                 coefficients=opt['newton_schulz_coefficients'], steps=opt['newton_schulz_steps'],
-                renorm_interval=opt['renorm_interval'], decay_steps=decay_steps, dtype=policy['newton_schulz_dtype'])
+                renorm_min_interval=opt['renorm_min_interval'], renorm_interval_growth=opt['renorm_interval_growth'],
+                decay_steps=decay_steps, dtype=policy['newton_schulz_dtype'])
     for group in sgd.param_groups + muon.param_groups:
         group['initial_lr'] = group['lr']
     return sgd, muon
@@ -421,13 +455,16 @@ def infer(net, loader, tta_level=0, selective=0.0):
         shifted = 0.5 * mirror(conv_layout(padded[:, :, :h, :w])) + 0.5 * mirror(conv_layout(padded[:, :, 2:, 2:]))
         return weight_plain * mirror(x) + (1 - weight_plain) * shifted
 
+    def six_equal_views(x):  # selective TTA's average: 1/6 each, where level 2 gives the unshifted views more
+        return mirror_translate(x, weight_plain=1 / 3)
+
     views = [plain, mirror, mirror_translate][0 if selective else tta_level]
     net.eval()
     with torch.no_grad():
         logits = torch.cat([views(loader.normalize(x)) for x in loader.images.split(loader.batch_size)])
         if selective:
             chosen = logits.float().softmax(1).amax(1).argsort()[:int(selective * len(logits))]  # least confident
-            logits[chosen] = torch.cat([mirror_translate(loader.normalize(loader.images[i]), 1 / 3)
+            logits[chosen] = torch.cat([six_equal_views(loader.normalize(loader.images[i]))
                                         for i in chosen.split(loader.batch_size)])
         return logits
 
@@ -444,7 +481,7 @@ class TrainingDiverged(Exception):
     """The training loss became NaN or infinite."""
 
 
-compiled_nets = {}  # (device, policy, network hyp) -> (net, compiled net, compiled steps): once per process
+compiled_nets = {}  # (device, policy, hyp the steps depend on) -> (net, compiled net, compiled steps): once per process
 
 
 def fresh_net(hyp, device, policy):
@@ -452,8 +489,8 @@ def fresh_net(hyp, device, policy):
     (forward and loss) per resolution of the curriculum: compiled on first use, then reused.
 
     Every call reloads all weights and BatchNorm statistics from a new initialization drawn
-    from the RNG exactly as make_net draws it, and trains what make_net trains, so a run is
-    the same as with an eager network."""
+    from the RNG exactly as make_net draws it, so a run is the same as with an eager network.
+    (The whitening bias is frozen by a flag into the step, so which parameters train never changes.)"""
     fresh = make_net(hyp, 'cpu')
     key = (str(device), repr(policy), repr(hyp['net']), repr(hyp['aug']), hyp['opt']['label_smoothing'])
     if key not in compiled_nets:
@@ -462,21 +499,20 @@ def fresh_net(hyp, device, policy):
         loss_fn = make_loss_fn(hyp)
 
         def make_step(resolution):
-            def step(inputs, labels):  # E1's resize happens here, fused into the compiled step
+            def step(inputs, labels, whiten_bias_grad):  # E1's resize happens here, fused into the compiled step
                 if inputs.size(-1) != resolution:
                     inputs = F.interpolate(inputs, size=(resolution, resolution), mode='bilinear',
                                            align_corners=False, antialias=False)
-                outputs = net(inputs)
+                outputs = net(inputs, whiten_bias_grad)
                 return outputs, loss_fn(outputs, labels)
-            # fullgraph: past dynamo's recompile limit a step would silently run eagerly; so it raises.
-            # dynamic=False: the steps share one code object, and a second shape would make it symbolic
+            # A graph per value of whiten_bias_grad (a bool). fullgraph: past dynamo's recompile limit a step would
+            # silently run eagerly; so it raises. dynamic=False: the steps share one code object, and a second
+            # shape would make it symbolic
             return torch.compile(step, mode=compile_mode(device), fullgraph=True, dynamic=False)
         steps = {r: make_step(r) for r in set(hyp['aug'].get('resolutions', [32]))}
         compiled_nets[key] = (net, torch.compile(net, mode=compile_mode(device), fullgraph=True), steps)
     net, model, steps = compiled_nets[key]
     net.load_state_dict(fresh.state_dict())
-    for param, fresh_param in zip(net.parameters(), fresh.parameters(), strict=True):
-        param.requires_grad = fresh_param.requires_grad  # an earlier run may have frozen the whitening bias
     return net, model, steps
 
 
@@ -527,10 +563,8 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
         forward_and_loss = compiled_steps[epoch_resolution(hyp['aug'], epoch)]
         model.train()
         for inputs, labels in train_loader:
-            # Frozen after its steps: no gradient, so neither update nor decay (the graphs for it
-            # are compiled in the warm-up)
-            net.whiten.bias.requires_grad = step < whiten_bias_steps
-            outputs, loss = forward_and_loss(inputs, labels)
+            # The whitening bias is detached after its steps: no gradient, so SGD neither updates nor decays it
+            outputs, loss = forward_and_loss(inputs, labels, step < whiten_bias_steps)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -3,13 +3,15 @@
     python harness.py airbench94.py --runs 200                          # t-test of the mean against 0.94
     python harness.py airbench96.py --set opt.train_epochs=4 --save-logits logits
     torchrun --nproc_per_node=8 harness.py airbench94.py --runs 10000   # run i on rank i mod 8
+    python harness.py airbench94_progressive.py --preset E1 --graded-split --runs 200  # as its record was graded
 
 The script is imported, never run: the harness uses only its public API (hyp, CifarLoader, train,
-warm_up, format_row, LOG_COLUMNS, DataError, TrainingDiverged, and compile_mode where it compiles).
+warm_up, format_row, LOG_COLUMNS, DataError, TrainingDiverged, compile_mode where it compiles, and
+PRESETS where it has named sets of hyp values).
 Run i (counting from 0) uses seed S+i on rank i mod WORLD_SIZE, so the set of results does not
 depend on the number of processes. One JSON log per invocation, written by rank 0.
 """
-import argparse, contextlib, datetime, importlib.util, json, math, os, platform, random, re  # noqa: E401
+import argparse, contextlib, copy, datetime, importlib.util, json, math, os, platform, random, re  # noqa: E401
 import signal, statistics, sys, tempfile, time  # noqa: E401
 
 import torch
@@ -18,6 +20,8 @@ PROG = 'harness.py'
 MIN_TORCH = (2, 4)  # the scripts' minimum: the published runs used torch 2.4
 DIST_TIMEOUT_SECONDS = 1800  # a rank that waits this long on the others gives up with an error
 CIFAR10_COUNTS = {'train': 50000, 'test': 10000}
+# The 2026 record holders grade on test images 2000-9999 and report 0-1999 apart (their "feedback" split)
+GRADED_FROM = 2000
 
 #############################################
 #               Statistics                  #
@@ -53,26 +57,32 @@ def t_quantile(q, df):
     return (low + high) / 2
 
 
-def summarize(runs, target):
+def summarize(runs, target, graded=False):
     """Counts, then over the finished runs: mean, std and 95% confidence interval of the mean
-    (Student t) of the TTA accuracy, the one-sided t-test of mean > target, and the mean times.
+    (Student t) of the TTA accuracy (with `graded`, also of the accuracy on the graded split), the
+    one-sided t-test of mean > target (of the graded accuracy with `graded`), and the mean times.
     What needs two runs is None with one; runs of equal accuracy get an interval of width 0."""
     ok = [r for r in runs if r['status'] == 'ok']
-    summary = dict(runs=len(runs), ok=len(ok), failed=len(runs) - len(ok), target=target, tta_val_acc_mean=None,
-                   tta_val_acc_std=None, tta_val_acc_ci95=None, t_statistic=None, p_value=None,
-                   time_seconds_mean=None, train_seconds_mean=None)
+    accuracies = ['tta_val_acc'] + (['graded_tta_val_acc'] if graded else [])
+    summary = dict(runs=len(runs), ok=len(ok), failed=len(runs) - len(ok), target=target, tested=accuracies[-1],
+                   **{key + suffix: None for key in accuracies for suffix in ('_mean', '_std', '_ci95')},
+                   t_statistic=None, p_value=None, time_seconds_mean=None, train_seconds_mean=None)
     if not ok:
         return summary
-    # statistics computes exactly, then rounds: equal accuracies give exactly their value and std 0
-    accs, n = [r['tta_val_acc'] for r in ok], len(ok)
-    mean = summary['tta_val_acc_mean'] = statistics.mean(accs)
     summary['time_seconds_mean'] = statistics.mean(r['time_seconds'] for r in ok)
     summary['train_seconds_mean'] = statistics.mean(r['train_seconds'] for r in ok)
+    n = len(ok)
+    for key in accuracies:
+        # statistics computes exactly, then rounds: equal accuracies give exactly their value and std 0
+        accs = [r[key] for r in ok]
+        mean = summary[key + '_mean'] = statistics.mean(accs)
+        if n > 1:
+            std = summary[key + '_std'] = statistics.stdev(accs)
+            sem = std / math.sqrt(n)
+            half_width = t_quantile(0.975, n - 1) * sem
+            summary[key + '_ci95'] = [mean - half_width, mean + half_width]
     if n > 1:
-        std = summary['tta_val_acc_std'] = statistics.stdev(accs)
-        sem = std / math.sqrt(n)
-        half_width = t_quantile(0.975, n - 1) * sem
-        summary['tta_val_acc_ci95'] = [mean - half_width, mean + half_width]
+        mean, sem = summary[accuracies[-1] + '_mean'], summary[accuracies[-1] + '_std'] / math.sqrt(n)
         # With std 0 the statistic is infinite (or, at the target itself, 0: p = 0.5)
         t = (mean - target) / sem if sem > 0 else math.copysign(math.inf, mean - target) if mean != target else 0.0
         summary['t_statistic'], summary['p_value'] = t, 1 - student_t_cdf(t, n - 1)  # p = P(T >= t)
@@ -84,12 +94,15 @@ def format_summary(summary):
     if not summary['ok']:
         return '\n'.join(lines)
     one_run = 'n/a (1 run)'
-    std, ci = summary['tta_val_acc_std'], summary['tta_val_acc_ci95']
-    lines.append('tta_val_acc: mean %.4f  std %s  95%% CI of the mean %s' % (
-        summary['tta_val_acc_mean'], one_run if std is None else '%.4f' % std,
-        one_run if ci is None else '[%.4f, %.4f]' % tuple(ci)))
-    lines.append('one-sided t-test of mean tta_val_acc > %g: %s' % (summary['target'], one_run if std is None else
-                 't = %.2f, p = %.4g (n = %d)' % (summary['t_statistic'], summary['p_value'], summary['ok'])))
+    for key, what in [('tta_val_acc', ''), ('graded_tta_val_acc', ' (test images %d on, as the 2026 records grade)'
+                                                                   % GRADED_FROM)]:
+        if key + '_mean' in summary:
+            std, ci = summary[key + '_std'], summary[key + '_ci95']
+            lines.append('%s: mean %.4f  std %s  95%% CI of the mean %s%s' % (
+                key, summary[key + '_mean'], one_run if std is None else '%.4f' % std,
+                one_run if ci is None else '[%.4f, %.4f]' % tuple(ci), what))
+    lines.append('one-sided t-test of mean %s > %g: %s' % (summary['tested'], summary['target'], one_run
+                 if summary['p_value'] is None else 't = %.2f, p = %.4g (n = %d)' % (summary['t_statistic'], summary['p_value'], summary['ok'])))
     lines.append('time per run: mean %.3f s (whitening init + training + final TTA, as airbench times it); mean '
                  '%.3f s without the final TTA (as the 2026 records time it)'
                  % (summary['time_seconds_mean'], summary['train_seconds_mean']))
@@ -156,11 +169,16 @@ def parse_args(argv):
                         "same method without compilation, so --no-warmup is allowed; times are not the compiled "
                         "script's (for accuracy checks on a CPU, and debugging)")
     parser.add_argument('--log-dir', default='logs', help='folder for the JSON log (default ./logs)')
+    parser.add_argument('--preset', help="apply the script's PRESETS[PRESET] hyp edits before any --set (e.g. E1 "
+                        "for airbench94_progressive.py: every value of Fulcrum's E1 at once)")
     parser.add_argument('--set', dest='sets', metavar='PATH=VALUE', type=parse_set, action='append', default=[],
                         help="set hyp's dotted PATH to a JSON VALUE before anything runs, e.g. opt.train_epochs=2.5 "
                         "(repeatable, applied in order; PATH must already be in hyp)")
     parser.add_argument('--save-logits', metavar='DIR', help="save each run's final TTA logits (float32, test-set "
                         "order) and the test labels as DIR/runNNNNN-seedS.pt")
+    parser.add_argument('--graded-split', action='store_true', help='also grade each run on test images %d on '
+                        '(2000-9999 of CIFAR-10), as the 2026 record holders grade, and test that mean against the '
+                        'target; the log records it' % GRADED_FROM)
     parser.add_argument('--target', type=float, help='accuracy the t-test compares the mean with (default: '
                         'from the file name, 0.94 for airbench94*)')
     args = parser.parse_args(argv)
@@ -179,10 +197,15 @@ def parse_args(argv):
     with open(args.script) as f, open(__file__) as g:  # now: the log holds the code that ran, even if edited meanwhile
         args.source, args.harness_source = f.read(), g.read()
     args.module = load_script(args.script)
-    for path, value in args.sets:
-        error = edit_hyp(args.module.hyp, path, value)
+    presets = getattr(args.module, 'PRESETS', {})
+    if args.preset is not None and args.preset not in presets:
+        parser.error('--preset %s: %s has %s' % (args.preset, os.path.basename(args.script), 'the presets ' + ', '.join(
+            presets) if presets else 'no presets'))
+    edits = [('--preset %s: ' % args.preset, path, value) for path, value in presets.get(args.preset, {}).items()]
+    for flag, path, value in edits + [('--set ', path, value) for path, value in args.sets]:
+        error = edit_hyp(args.module.hyp, path, copy.deepcopy(value))  # a copy: the script's PRESETS stay as they are
         if error:
-            parser.error('--set %s: %s' % (path, error))
+            parser.error('%s%s: %s' % (flag, path, error))
     if args.no_warmup and hasattr(args.module, 'compile_mode') and not args.eager:
         parser.error('--no-warmup: %s compiles during its warm-up, which keeps compilation out of the timed runs'
                      % os.path.basename(args.script))
@@ -254,8 +277,12 @@ def one_run(args, train_loader, test_loader, i, rank, device):
                       tta_val_acc=result['tta_val_acc'])
         atomic_write(os.path.join(args.save_logits, 'run%05d-seed%d.pt' % (run, seed)),
                      lambda f: torch.save(record, f))
-    return dict(run=run, seed=seed, status='ok', tta_val_acc=result['tta_val_acc'], val_acc=result['val_acc'],
-                time_seconds=result['time_seconds'], train_seconds=result['train_seconds'], **where)
+    entry = dict(run=run, seed=seed, status='ok', tta_val_acc=result['tta_val_acc'], val_acc=result['val_acc'],
+                 time_seconds=result['time_seconds'], train_seconds=result['train_seconds'], **where)
+    if args.graded_split:
+        graded = result['logits'][GRADED_FROM:].argmax(1) == test_loader.labels[GRADED_FROM:]
+        entry['graded_tta_val_acc'] = graded.float().mean().item()
+    return entry
 
 
 def stop_once(signum, frame):
@@ -277,6 +304,9 @@ def run_all(args, device, rank, local_rank, world_size):
     loaders, error = load_data(module, args.data_dir, device, rank, local_rank, world_size)
     if loaders and len(loaders[0]) == 0:
         error = '%d training images are fewer than one batch of %d' % (len(loaders[0].images), loaders[0].batch_size)
+    elif loaders and args.graded_split and len(loaders[1].images) <= GRADED_FROM:
+        error = '--graded-split grades test images %d on, and this test set has %d' % (GRADED_FROM,
+                                                                                       len(loaders[1].images))
     if error:
         if rank == 0:
             print('%s: error: %s' % (PROG, error), file=sys.stderr)
@@ -330,7 +360,7 @@ def report(args, runs, interrupted, warmup_seconds, new_graphs, counts, train_lo
               r['status'] != 'ok' else 'tta_val_acc %.4f, %.3f s' % (r['tta_val_acc'], r['time_seconds'])))
     if interrupted:
         print('\ninterrupted: summarizing the %d finished runs' % len(runs))
-    summary = summarize(runs, args.target)
+    summary = summarize(runs, args.target, graded=args.graded_split)
     print(format_summary(summary))
     mode = None if args.eager else compile_mode(args.module, device)
     if mode:  # must be 0: the warm-up compiles everything, so that no timed run includes compilation
@@ -339,7 +369,9 @@ def report(args, runs, interrupted, warmup_seconds, new_graphs, counts, train_lo
             else '%d (should be 0: those runs\' times include compilation)' % new_graphs))
     record = dict(
         script=os.path.basename(args.script), script_path=os.path.abspath(args.script), argv=args.argv,
-        sets=[[path, value] for path, value in args.sets], hyp=args.module.hyp, target=args.target, seed=args.seed,
+        preset=args.preset, sets=[[path, value] for path, value in args.sets], hyp=args.module.hyp,
+        grading='test images %d-%d' % (GRADED_FROM, counts['test'] - 1) if args.graded_split else
+        'all %d test images' % counts['test'], target=args.target, seed=args.seed,
         world_size=world_size, data_dir=os.path.abspath(args.data_dir), data_counts=counts, device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu',
         dtype=str(train_loader.images.dtype).replace('torch.', ''), torch_version=torch.__version__,

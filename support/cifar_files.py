@@ -13,12 +13,12 @@ import tarfile
 import numpy as np
 
 
-def learnable_images(n, seed):
-    """n uint8 images N,32,32,3 with labels: a colour per class plus pixel noise."""
+def learnable_images(n, seed, noise_std=30):
+    """n uint8 images N,32,32,3 with labels: a colour per class plus pixel noise (more noise, harder)."""
     rng = np.random.default_rng(seed)
     colours = np.random.default_rng(0).integers(40, 216, size=(10, 3))
     labels = rng.integers(0, 10, size=n)
-    noise = rng.normal(0, 30, size=(n, 32, 32, 3))
+    noise = rng.normal(0, noise_std, size=(n, 32, 32, 3))
     images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
     return images, labels
 
@@ -54,15 +54,15 @@ def batch_pickle(images, labels, batch_label):
     return b'\x80\x02}(' + b''.join(_str(k) + v for k, v in entries) + b'u.'
 
 
-def write_batches(data_dir, n_train=1280, n_test=500, seed=1):
+def write_batches(data_dir, n_train=1280, n_test=500, seed=1, noise_std=30):
     """data_dir/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}; returns the folder."""
     folder = os.path.join(data_dir, 'cifar-10-batches-py')
     os.makedirs(folder, exist_ok=True)
-    images, labels = learnable_images(n_train, seed)
+    images, labels = learnable_images(n_train, seed, noise_std)
     for k, index in enumerate(np.array_split(np.arange(n_train), 5)):
         with open(os.path.join(folder, 'data_batch_%d' % (k + 1)), 'wb') as f:
             f.write(batch_pickle(images[index], labels[index], 'training batch %d of 5' % (k + 1)))
-    images, labels = learnable_images(n_test, seed + 1)
+    images, labels = learnable_images(n_test, seed + 1, noise_std)
     with open(os.path.join(folder, 'test_batch'), 'wb') as f:
         f.write(batch_pickle(images, labels, 'testing batch 1 of 1'))
     with open(os.path.join(folder, 'batches.meta'), 'wb') as f:

@@ -12,6 +12,7 @@ import torch
 
 import harness
 from conftest import ROOT, allow_ctrl_c, diverging_edits, load_script, tiny_hyp
+from support import cifar_files
 
 HARNESS = os.path.join(ROOT, 'harness.py')
 
@@ -200,19 +201,52 @@ def test_a_compiled_script_refuses_no_warmup(tmp_path, monkeypatch, capsys):
     assert os.listdir(tmp_path) == []
 
 
-def test_eager_runs_a_compiled_script_without_warm_up_and_sets_list_values(tmp_path, cifar_dir):
-    # airbench94_progressive.py with E1's curriculum switched on from the command line: its three
-    # epochs at 24, 28 and 32 px, resized; eagerly, so nothing compiles and no warm-up is needed
-    script = 'airbench94_progressive.py'
-    result = run_harness(script, ['--data-dir', cifar_dir, '--runs', '1', '--seed', '0', '--eager', '--no-warmup'],
-                         tmp_path, edits=tiny_hyp(script) + [['aug.resolutions', [24, 28, 32]], ['aug.resize', True]])
+def test_eager_runs_a_compiled_script_with_a_preset_and_grades_as_the_records_do(tmp_path):
+    # airbench94_progressive.py as E1 (--preset), tiny, with --set list values after it: three epochs at
+    # 24, 28 and 32 px, resized; eagerly, so nothing compiles and no warm-up is needed. Graded on test
+    # images 2000 on, of 2,500
+    script, data_dir = 'airbench94_progressive.py', str(tmp_path / 'cifar10')
+    cifar_files.write_batches(data_dir, n_test=2500, noise_std=150)  # hard enough for runs to differ
+    result = run_harness(script, ['--data-dir', data_dir, '--runs', '2', '--seed', '0', '--eager', '--no-warmup',
+                                  '--preset', 'E1', '--graded-split', '--save-logits', 'logits'],
+                         tmp_path, edits=tiny_hyp(script) + [['aug.resolutions', [24, 28, 32]]])
     assert result.returncode == 0, result.stderr
     assert "note: --eager: the script's compiled code runs eagerly" in result.stdout and 'warm' not in result.stdout
     assert [r.split('|')[2].strip() for r in table_rows(result.stdout, 1)] == ['1', '2', '3', 'eval']
     assert 'graphs compiled' not in result.stdout
     log = json.load(open(tmp_path / 'logs' / os.listdir(tmp_path / 'logs')[0]))
     assert (log['eager'], log['compile'], log['warmup_seconds'], log['target']) == (True, None, None, 0.94)
-    assert log['hyp']['aug']['resolutions'] == [24, 28, 32] and log['hyp']['aug']['resize'] is True
+    # The preset's values, then the --set flags: the later edit wins
+    assert (log['preset'], log['hyp']['opt']['muon_lr'], log['hyp']['aug']['resize']) == ('E1', 0.2255, True)
+    assert log['hyp']['aug']['resolutions'] == [24, 28, 32] and log['hyp']['opt']['train_epochs'] == 2.5
+    assert load_script(script).PRESETS['E1']['aug.resolutions'] == [24] * 3 + [28] * 3 + [32] * 3  # left as it was
+    assert log['grading'] == 'test images 2000-2499'
+    for run in log['runs']:
+        saved = torch.load(tmp_path / 'logits' / ('run%05d-seed%d.pt' % (run['run'], run['seed'])), weights_only=True)
+        correct = saved['logits'].argmax(1) == saved['labels']
+        assert run['graded_tta_val_acc'] == correct[2000:].float().mean().item() != run['tta_val_acc']
+        assert run['tta_val_acc'] == correct.float().mean().item()
+    graded = [r['graded_tta_val_acc'] for r in log['runs']]
+    assert log['summary']['graded_tta_val_acc_mean'] == pytest.approx(sum(graded) / 2)
+    assert log['summary']['tested'] == 'graded_tta_val_acc'
+    assert log['summary']['t_statistic'] == pytest.approx(
+        (sum(graded) / 2 - 0.94) / (abs(graded[0] - graded[1]) / 2))  # std / sqrt(2) of two runs: |a - b| / 2
+    assert re.search(r'^graded_tta_val_acc: mean [01]\.\d{4} .* \(test images 2000 on, as the 2026 records grade\)$',
+                     result.stdout, re.M)
+    assert 'one-sided t-test of mean graded_tta_val_acc > 0.94: t = ' in result.stdout
+
+
+def test_presets_and_the_graded_split_refuse_what_they_cannot_do(tmp_path, monkeypatch, capsys, cifar_dir):
+    monkeypatch.chdir(tmp_path)
+    for script, preset, error in [('airbench94_progressive.py', 'E2', 'the presets E1'),
+                                  ('airbench94.py', 'E1', 'no presets')]:
+        with pytest.raises(SystemExit) as exit_info:
+            harness.main([os.path.join(ROOT, script), '--preset', preset])
+        assert exit_info.value.code == 2
+        assert 'error: --preset %s: %s has %s' % (preset, script, error) in capsys.readouterr().err
+    code = harness.main([os.path.join(ROOT, 'airbench94.py'), '--graded-split', '--data-dir', cifar_dir, '--no-warmup'])
+    assert code == 1
+    assert 'error: --graded-split grades test images 2000 on, and this test set has 500' in capsys.readouterr().err
 
 #############################################
 #               torchrun                    #

@@ -1,9 +1,11 @@
 """airbench94_progressive.py against SPEC.md's "airbench94_progressive": the figures (parameters,
-FLOPs, the schedule, Newton-Schulz), the 28 -> 32 px curriculum and its crop windows, brightness and
-contrast, the padded Newton-Schulz and one Muon step by hand, the renormalisation steps, the
-learning rates with their floor, selective TTA, and one run of the real schedule (264 steps of 32
-per epoch) at a small scale, eager (its compiled graphs are covered by the generic tests)."""
+FLOPs, the schedule, Newton-Schulz), the E1 preset, the 28 -> 32 px curriculum
+and its crop windows, brightness and contrast, the padded Newton-Schulz and one Muon step by hand,
+the renormalisation steps, the learning rates with their floor, selective TTA, and one run of the
+real schedule (264 steps of 32 per epoch; E1's 284) at a small scale, eager (its compiled graphs are
+covered by the generic tests)."""
 import collections
+import copy
 import math
 import warnings
 
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import edited_hyp, load_script, make_loaders
+from conftest import edit_hyp, edited_hyp, fresh_script, load_script, make_loaders
 from support.flops import CIFAR_TEST, count_flops, flops_per_image, run_flops, schedule
 
 SCRIPT = 'airbench94_progressive.py'
@@ -29,6 +31,11 @@ def progressive():
 
 def tiny_net(module):
     return module.make_net(edited_hyp(module, [TINY_WIDTHS]))
+
+
+def preset_edits(module, preset):
+    """The script's PRESETS[preset] as [path, value] edits (none for E5, the default)."""
+    return copy.deepcopy([[path, value] for path, value in module.PRESETS.get(preset, {}).items()])
 
 
 def optimizers_of(module, net):
@@ -63,6 +70,19 @@ def test_run_flops_of_the_schedule_and_against_airbench94_muon(progressive):
     # The issue's measure, training against muon's whole run: 0.81. Like for like it is 0.851 (training)
     # and 0.859 (whole runs): benchmarks/flops_per_run.py records all three
     assert tflops['training'] / muon_tflops['whole'] <= 0.85
+
+
+def test_the_e1_preset_is_e1_value_by_value(progressive):
+    # SPEC's E1: 24-28-32 px resized, 8.875 / 8.5 epochs (284 steps, decay over 272), Muon lr 0.2255; all else E5's
+    assert progressive.PRESETS == {'E1': {'aug.resolutions': [24] * 3 + [28] * 3 + [32] * 3, 'aug.resize': True,
+                                          'opt.train_epochs': 8.875, 'opt.decay_epochs': 8.5, 'opt.muon_lr': 0.2255}}
+    e1 = fresh_script(SCRIPT)  # its own hyp and FLOP cache
+    edit_hyp(e1.hyp, preset_edits(e1, 'E1'))
+    assert collections.Counter(schedule(e1)) == {(24, True): 7, (24, False): 89, (28, False): 96, (32, False): 92}
+    assert math.ceil(e1.hyp['opt']['decay_epochs'] * 32) == 272
+    tflops = {k: round(v / 1e12, 1) for k, v in run_flops(e1).items()}
+    assert (tflops['training'], tflops['whole']) == (224.5, 238.7)
+    assert progressive.hyp['opt']['muon_lr'] == 0.205 and progressive.hyp['aug']['resize'] is False  # E5 untouched
 
 
 def test_newton_schulz_flops_padded_and_per_tensor(progressive):
@@ -260,13 +280,23 @@ def test_selective_tta_averages_six_views_for_the_least_confident_quarter(progre
 
 # One run of the real schedule at a small scale
 
-@pytest.fixture(scope='module')
-def small_run(progressive, cifar_source):
-    """train() over 1,024 images in batches of 32: the real 264 steps (32 per epoch), decay over 260,
-    whitening bias for 7; tiny widths, eager. Records every step and the lookahead's bookkeeping."""
-    hyp = edited_hyp(progressive, [['opt.batch_size', 32], TINY_WIDTHS, ['net.whiten_images', 256]])
+# What SPEC gives for each recipe's schedule: steps, resolution per step, the decay's length, the step after
+# which the EMA starts, the steps after which it replaces the weights, Muon's learning rate
+SCHEDULES = {'E5': dict(steps=264, resolutions=[28] * 160 + [32] * 104, decay_steps=260, ema_after=252,
+                        updates=[256, 260, 264], muon_lr=0.205),
+             'E1': dict(steps=284, resolutions=[24] * 96 + [28] * 96 + [32] * 92, decay_steps=272, ema_after=264,
+                        updates=[268, 272, 276, 280, 284], muon_lr=0.2255)}
+
+
+@pytest.fixture(scope='module', params=list(SCHEDULES))
+def small_run(request, progressive, cifar_source):
+    """train() over 1,024 images in batches of 32 with the recipe's schedule (E5: the real 264 steps, 32 per epoch,
+    decay over 260; E1: 284 and 272), whitening bias for 7; tiny widths, eager. Records every step and the
+    lookahead's bookkeeping."""
+    hyp = edited_hyp(progressive, preset_edits(progressive, request.param) + [
+        ['opt.batch_size', 32], TINY_WIDTHS, ['net.whiten_images', 256]])
     loaders = make_loaders(progressive, hyp, cifar_source, train_images=1024, test_batch_size=250)
-    record = dict(sgd=[], muon=0, resolutions=[], created_after=None, updates=[])
+    record = dict(sgd=[], muon=[], resolutions=[], created_after=None, updates=[], expected=SCHEDULES[request.param])
 
     class RecordedLookahead(progressive.LookaheadState):
         def __init__(self, net):
@@ -280,7 +310,7 @@ def small_run(progressive, cifar_source):
 
     def on_step(optimizer, args, kwargs):
         if isinstance(optimizer, progressive.Muon):
-            record['muon'] += 1
+            record['muon'].append(optimizer.param_groups[0]['lr'])
         else:
             bias = optimizer.param_groups[0]['params'][0]
             record['sgd'].append(dict(lrs=[g['lr'] for g in optimizer.param_groups],
@@ -302,19 +332,22 @@ def small_run(progressive, cifar_source):
     return record
 
 
-def test_a_run_takes_264_steps_160_at_28_px_and_trains_the_whitening_bias_for_7(small_run):
-    sgd = small_run['sgd']
-    assert len(sgd) == small_run['muon'] == 264  # both optimizers step every step
-    assert small_run['resolutions'] == [28] * 160 + [32] * 104
-    assert [row['bias_grad'] for row in sgd] == [True] * 7 + [False] * 257
+def test_a_run_takes_its_steps_at_each_resolution_and_trains_the_whitening_bias_for_7(small_run):
+    sgd, muon, expected = small_run['sgd'], small_run['muon'], small_run['expected']
+    steps, half = expected['steps'], expected['decay_steps'] // 2
+    assert len(sgd) == len(muon) == steps  # both optimizers step every step
+    assert small_run['resolutions'] == expected['resolutions']
+    assert [row['bias_grad'] for row in sgd] == [True] * 7 + [False] * (steps - 7)
     assert not torch.equal(sgd[0]['bias'], sgd[7]['bias'])  # trained, then frozen: no update, no decay
     assert all(torch.equal(sgd[7]['bias'], row['bias']) for row in sgd[7:])
-    assert sgd[130]['lrs'][1:] == pytest.approx([0.02865, 0.27075]) and sgd[263]['lrs'][2] == pytest.approx(0.027075)
+    assert sgd[half]['lrs'][1:] == pytest.approx([0.02865, 0.27075]) and sgd[-1]['lrs'][2] == pytest.approx(0.027075)
+    assert [muon[0], muon[half], muon[-1]] == pytest.approx([expected['muon_lr'] * f for f in (1, 0.5, 0.05)])
 
 
 def test_the_weight_averaging_tail_and_the_returned_net(small_run):
-    assert small_run['created_after'] == 252  # SPEC: after step 260 - 8 completes
-    assert [(after, decay) for after, decay, *_ in small_run['updates']] == [(256, 0.7), (260, 0.7), (264, 0.7)]
+    expected = small_run['expected']
+    assert small_run['created_after'] == expected['ema_after']  # SPEC: after step T - 8 completes
+    assert [(after, decay) for after, decay, *_ in small_run['updates']] == [(u, 0.7) for u in expected['updates']]
     for _, _, (ema, params), updated in small_run['updates']:  # ema <- ema + 0.3 (net - ema)
         assert all(torch.allclose(new, old + 0.3 * (p - old), atol=1e-6) for new, old, p in zip(updated, ema, params))
     net = small_run['result']['net']

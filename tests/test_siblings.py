@@ -37,7 +37,7 @@ INTENDED_EXTRA_NAMES = {
                                                     'select_hardest'},
     'airbench94_progressive.py': COMPILED_EXTRA_NAMES | {'newton_schulz', 'compiled_newton_schulz', 'Muon',
                                                          'make_optimizers', 'set_learning_rates', 'epoch_resolution',
-                                                         'batch_crop'},
+                                                         'batch_crop', 'PRESETS'},
 }
 # Top-level names of airbench94.py that a sibling's method has no use for
 INTENDED_MISSING_NAMES = {'airbench94_muon.py': {'LookaheadState', 'lookahead_decay', 'make_optimizer', 'lr_multiplier'},
@@ -79,7 +79,7 @@ INTENDED_HYP_DIFFERENCES = {
         'opt.decay_epochs': 8.125, 'opt.lr_floor': 0.05, 'opt.whiten_bias_lr': 0.0573, 'opt.norm_bias_lr': 0.0573,
         'opt.head_lr': 0.5415, 'opt.muon_lr': 0.205, 'opt.muon_momentum': 0.655, 'opt.muon_nesterov': True,
         'opt.newton_schulz_coefficients': (3.4576, -4.7391, 2.0843), 'opt.newton_schulz_steps': 3,
-        'opt.renorm_interval': (2, 15), 'aug.brightness': 0.1399, 'aug.contrast': 0.1308,
+        'opt.renorm_min_interval': 2, 'opt.renorm_interval_growth': 15, 'aug.brightness': 0.1399, 'aug.contrast': 0.1308,
         'aug.resolutions': [28] * 5 + [32] * 4, 'aug.resize': False, 'net.selective_tta': 0.0,
         'lookahead.start_before_decay_end': 8, 'lookahead.decay': 0.7,
         **{path: ABSENT for path in ['opt.lr', 'opt.bias_scaler', 'opt.lr_warmup_frac', 'opt.lr_start', 'opt.lr_end',
