@@ -279,7 +279,9 @@ class Net(nn.Module):
         bias = self.whiten.bias if whiten_bias_grad else self.whiten.bias.detach()  # detached: no gradient, so no step
         x = F.gelu(F.conv2d(x, self.whiten.weight, bias))
         x = self.blocks(x)  # N,3,32,32 -> N,24,31,31 -> ... -> N,C,3,3 (28 px: 27, ..., 3)
-        features = x.amax((2, 3))  # N,C: a global max, so any resolution works (MaxPool2d(3) at 28 and 32 px)
+        # A global max, so any resolution works (MaxPool2d(3) at 28 and 32 px). As the source: max, not amax, which
+        # NaN-diverges under inductor there and splits the gradient of tied maxima (max and MaxPool2d give it to one)
+        features = x.flatten(2).max(dim=2).values  # N,C
         return self.head(features) / features.size(1)  # divided by the feature width
 
 

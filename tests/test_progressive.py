@@ -1,5 +1,5 @@
 """airbench94_progressive.py against SPEC.md's "airbench94_progressive": the figures (parameters,
-FLOPs, the schedule, Newton-Schulz), the E1 preset, the 28 -> 32 px curriculum
+FLOPs, the schedule, Newton-Schulz), the global max pool, the E1 preset, the 28 -> 32 px curriculum
 and its crop windows, brightness and contrast, the padded Newton-Schulz and one Muon step by hand,
 the renormalisation steps, the learning rates with their floor, selective TTA, and one run of the
 real schedule (264 steps of 32 per epoch; E1's 284) at a small scale, eager (its compiled graphs are
@@ -83,6 +83,27 @@ def test_the_e1_preset_is_e1_value_by_value(progressive):
     tflops = {k: round(v / 1e12, 1) for k, v in run_flops(e1).items()}
     assert (tflops['training'], tflops['whole']) == (224.5, 238.7)
     assert progressive.hyp['opt']['muon_lr'] == 0.205 and progressive.hyp['aug']['resize'] is False  # E5 untouched
+
+
+def test_the_global_pool_is_maxpool2d_3_at_28_and_32_px_forward_and_backward_ties_included(progressive):
+    net = tiny_net(progressive)
+    for resolution in (28, 32):
+        # The blocks' output (a 3x3 map at both sizes) replaced by one full of tied maxima (values 0, 1, 2)
+        features, shapes = torch.randint(0, 3, (4, 16, 3, 3)).float().requires_grad_(), []
+        handle = net.blocks.register_forward_hook(lambda module, args, output: shapes.append(output.shape) or features)
+        try:
+            logits = net(torch.randn(4, 3, resolution, resolution))
+        finally:
+            handle.remove()
+        assert shapes == [features.shape]
+        reference_features = features.detach().clone().requires_grad_()
+        reference = net.head(torch.nn.MaxPool2d(3)(reference_features).flatten(1)) / 16
+        assert torch.equal(logits, reference)
+        weights = torch.randn_like(logits)
+        (logits * weights).sum().backward()
+        (reference * weights).sum().backward()
+        assert torch.equal(features.grad, reference_features.grad)  # each max gets the whole gradient, ties or not
+        assert features.grad.count_nonzero() <= 4 * 16  # one position per channel
 
 
 def test_newton_schulz_flops_padded_and_per_tensor(progressive):
