@@ -530,11 +530,13 @@ def device_clock(device):
     return time.perf_counter()
 
 
-def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
+def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True, on_epoch=None):
     """Train one network from scratch with the RNG seeded by `seed`.
     Returns {'net', 'logits' (the final TTA's, test set order), 'tta_val_acc', 'val_acc', 'epochs',
     'time_seconds' (whitening init + training + final TTA, device-synchronized, as airbench times),
-    'train_seconds' (the same without the final TTA)}."""
+    'train_seconds' (the same without the final TTA)}.
+    on_epoch(row, steps so far, total steps), if given, is called outside the clock: with row None as the run
+    starts its clock, then after each epoch with its row."""
     opt = hyp['opt']
     if (train_loader.batch_size, train_loader.aug, test_loader.policy) != (opt['batch_size'], hyp['aug'],
                                                                             train_loader.policy):
@@ -555,6 +557,8 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
     train_loader.epoch = 0  # a fresh flip pattern and static cache for every run
     epochs, step, lookahead = [], 0, None
 
+    if on_epoch:
+        on_epoch(None, 0, total_steps)
     start = device_clock(device)
     init_whitening_conv(net.whiten, train_loader.normalize(train_loader.images[:hyp['net']['whiten_images']]),
                         hyp['net']['whiten_eps'])
@@ -594,6 +598,8 @@ def train(hyp, train_loader, test_loader, seed=0, run='', verbose=True):
         epochs.append(row)
         if verbose:
             print(format_row(row), flush=True)
+        if on_epoch:
+            on_epoch(row, step, total_steps)
 
     train_seconds, start = time_seconds, device_clock(device)
     logits = infer(model, test_loader, tta_level=hyp['net']['tta_level'], selective=hyp['net']['selective_tta'])
@@ -708,7 +714,51 @@ def format_row(row):
                              .rjust(max(len(c), 6)) for c in LOG_COLUMNS) + ' |'
 
 
-def warm_up(hyp, train_loader, test_loader, seed, verbose=True, batches_per_epoch=6):
+class Forecast:
+    """Says once, early, how long the whole command will take (`phases` runs of hyp's schedule, the warm-up
+    included) and, on a CPU, which flags train just one network (`shorter`). Measured in the first epoch free of
+    one-time costs: not the command's first on CUDA (cuDNN's algorithm search), nor one in which torch.compile
+    compiled. Give on_epoch to the warm-up and every run: train() calls it between epochs, outside the clock."""
+
+    def __init__(self, hyp, train_loader, phases, shorter, start):
+        epochs = hyp['opt']['train_epochs']
+        self.run_steps, self.epochs = math.ceil(len(train_loader) * epochs), math.ceil(epochs)
+        self.test_passes = self.epochs + [1, 2, 6][hyp['net']['tta_level']]  # per run: one an epoch, then the TTA's
+        self.phases, self.shorter, self.start = phases, shorter, start
+        self.cuda, self.epochs_seen, self.said = train_loader.images.device.type == 'cuda', 0, False
+
+    @staticmethod
+    def graphs_compiled():
+        dynamo = sys.modules.get('torch._dynamo.utils')  # never imported: nothing compiled
+        return dynamo.counters['stats']['unique_graphs'] if dynamo else 0
+
+    @staticmethod
+    def duration(seconds):
+        units = [(86400, 'days'), (3600, 'h'), (60, 'min'), (1, 's')]
+        return next('%.2g %s' % (seconds / unit, name) for unit, name in units if seconds >= 1.5 * unit or unit == 1)
+
+    def on_epoch(self, row, step, total_steps):
+        now, graphs = time.perf_counter(), self.graphs_compiled()
+        if row is None:  # a run starts its clock
+            self.phases -= 1  # now the runs after this one
+            self.last = now, 0.0, 0, graphs
+            return
+        (then, trained, stepped, compiled), self.last = self.last, (now, row['time_seconds'], step, graphs)
+        self.epochs_seen += 1
+        if self.said or graphs != compiled or (self.cuda and self.epochs_seen == 1):
+            return
+        self.said = True
+        step_seconds = (row['time_seconds'] - trained) / (step - stepped)
+        test_seconds = max(now - then - (row['time_seconds'] - trained), 0)  # a pass over the test set, and the rest
+        per_run = self.run_steps * step_seconds + self.test_passes * test_seconds
+        left = (total_steps - step) * step_seconds + (self.test_passes - row['epoch']) * test_seconds
+        print('expected: the whole command takes about %s, %s per run (epoch %d: %.3g s per training step, %.3g s '
+              'per pass over the test set)%s' % (self.duration(now - self.start + left + self.phases * per_run),
+              self.duration(per_run), row['epoch'], step_seconds, test_seconds, '' if self.cuda or not self.shorter
+              else '; on a CPU, %s trains one network' % self.shorter), flush=True)
+
+
+def warm_up(hyp, train_loader, test_loader, seed, verbose=True, on_epoch=None, batches_per_epoch=6):
     """Seconds of an untimed run on random labels over `batches_per_epoch` batches per epoch: every epoch of the
     schedule, so every resolution's step compiles, with the whitening bias trained (ceil(0.2 x 6) = 2 steps) and
     frozen, and so does the evaluation; cuDNN picks its algorithms. A whole run would add nothing but time."""
@@ -716,7 +766,7 @@ def warm_up(hyp, train_loader, test_loader, seed, verbose=True, batches_per_epoc
     kept = min(len(train_loader.images), batches_per_epoch * train_loader.batch_size)
     loader.images, loader.labels = train_loader.images[:kept], torch.randint_like(train_loader.labels[:kept], 10)
     with contextlib.suppress(TrainingDiverged):  # random labels: only the warm-up itself matters
-        train(hyp, loader, test_loader, seed, run='warmup', verbose=verbose)
+        train(hyp, loader, test_loader, seed, run='warmup', verbose=verbose, on_epoch=on_epoch)
     return time.perf_counter() - start
 
 
@@ -754,7 +804,7 @@ def parse_args(argv):
 
 def main(argv=None):
     """Exit codes: 0 every run finished, 1 an error (one line) or a diverged run, 2 a bad flag, 130 Ctrl-C."""
-    prog = os.path.basename(__file__)
+    prog, start = os.path.basename(__file__), time.perf_counter()
     if torch_too_old(torch.__version__):
         sys.exit('%s: error: %s' % (prog, torch_too_old(torch.__version__)))
     args = parse_args(argv)
@@ -772,13 +822,15 @@ def main(argv=None):
     print('data: %d train / %d test images from %s\nruns: %d, run i uses seed %d+i\n%s' % (len(train_loader.images),
           len(test_loader.images), args.data_dir, args.runs, args.seed, format_row({c: c for c in LOG_COLUMNS})))
     runs, interrupted, warmup_seconds, graphs = [], False, None, None
+    forecast = Forecast(hyp, train_loader, args.runs + 1, 'python harness.py %s --eager --no-warmup --runs 1' % prog,
+                        start)  # the runs and the warm-up
     try:
-        warmup_seconds = warm_up(hyp, train_loader, test_loader, args.seed)
+        warmup_seconds = warm_up(hyp, train_loader, test_loader, args.seed, on_epoch=forecast.on_epoch)
         graphs = torch._dynamo.utils.counters['stats']['unique_graphs']  # the timed runs must add none
         print('warm-up: %.1f s, untimed, compiling with mode %s' % (warmup_seconds, compile_mode(device)))
         for run, seed in enumerate(range(args.seed, args.seed + args.runs), 1):
             try:
-                result = train(hyp, train_loader, test_loader, seed, run)
+                result = train(hyp, train_loader, test_loader, seed, run, on_epoch=forecast.on_epoch)
                 runs.append(dict(run=run, seed=seed, status='ok', tta_val_acc=result['tta_val_acc'],
                                  time_seconds=result['time_seconds']))
             except TrainingDiverged as e:

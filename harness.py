@@ -6,8 +6,8 @@
     python harness.py airbench94_progressive.py --preset E1 --graded-split --runs 200  # as its record was graded
 
 The script is imported, never run: the harness uses only its public API (hyp, CifarLoader, train,
-warm_up, format_row, LOG_COLUMNS, DataError, TrainingDiverged, compile_mode where it compiles, and
-PRESETS where it has named sets of hyp values).
+warm_up, format_row, LOG_COLUMNS, DataError, TrainingDiverged, compile_mode where it compiles,
+PRESETS where it has named sets of hyp values, and Forecast where it says early how long a command takes).
 Run i (counting from 0) uses seed S+i on rank i mod WORLD_SIZE, so the set of results does not
 depend on the number of processes. One JSON log per invocation, written by rank 0.
 """
@@ -264,11 +264,11 @@ def load_data(module, data_dir, device, rank, local_rank, world_size):
     return loaders, None
 
 
-def one_run(args, train_loader, test_loader, i, rank, device):
+def one_run(args, train_loader, test_loader, i, rank, device, on_epoch):
     """Run i (counting from 0) as its log entry; a diverged run is reported and logged, not raised."""
     module, run, seed, where = args.module, i + 1, args.seed + i, dict(rank=rank, device=str(device))
     try:
-        result = module.train(module.hyp, train_loader, test_loader, seed=seed, run=run, verbose=rank == 0)
+        result = module.train(module.hyp, train_loader, test_loader, seed=seed, run=run, verbose=rank == 0, **on_epoch)
     except module.TrainingDiverged as e:
         print('%s: run %d (seed %d) failed: %s' % (PROG, run, seed, e), file=sys.stderr)
         return dict(run=run, seed=seed, status='diverged', error=str(e), **where)
@@ -318,6 +318,12 @@ def run_all(args, device, rank, local_rank, world_size):
     say('runs: %d, run i uses seed %d+i, device %s%s' % (args.runs, args.seed, device, ', %d processes (run i on '
         'rank i mod %d)' % (world_size, world_size) if world_size > 1 else ''))
     say(module.format_row({c: c for c in module.LOG_COLUMNS}))
+    on_epoch = {}  # the script's forecast of the command's time, if it has one; rank 0 has the most runs
+    if rank == 0 and hasattr(module, 'Forecast'):
+        shorter = None if args.runs == 1 and args.no_warmup else '--eager --no-warmup --runs 1' if mode else \
+            '--runs 1 --no-warmup'
+        phases = len(range(0, args.runs, world_size)) + (not args.no_warmup)
+        on_epoch = dict(on_epoch=module.Forecast(module.hyp, train_loader, phases, shorter, args.start).on_epoch)
 
     runs, interrupted, warmup_seconds, graphs_before, new_graphs = [], False, None, None, None
     ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not if started with it ignored
@@ -325,11 +331,12 @@ def run_all(args, device, rank, local_rank, world_size):
         signal.signal(signal.SIGINT, stop_once)
     try:
         if not args.no_warmup:  # untimed, on random labels: warms up cuDNN, and compiles where the script does
-            warmup_seconds = module.warm_up(module.hyp, train_loader, test_loader, args.seed, verbose=rank == 0)
+            warmup_seconds = module.warm_up(module.hyp, train_loader, test_loader, args.seed, verbose=rank == 0,
+                                            **on_epoch)
             say('warm-up: %.1f s, untimed%s' % (warmup_seconds, ', including compilation' if mode else ''))
         graphs_before = graphs_compiled()
         for i in range(rank, args.runs, world_size):
-            runs.append(one_run(args, train_loader, test_loader, i, rank, device))
+            runs.append(one_run(args, train_loader, test_loader, i, rank, device, on_epoch))
     except KeyboardInterrupt:
         interrupted = True
     if ctrl_c:
@@ -392,8 +399,9 @@ def main(argv=None):
         print('%s: error: torch %s is too old: the scripts need torch %d.%d or newer'
               % ((PROG, torch.__version__) + MIN_TORCH), file=sys.stderr)
         return 1
+    start = time.perf_counter()
     args = parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.argv, args.start = sys.argv[1:] if argv is None else list(argv), start
     # Before any process group exists: imported later (the first optimizer step does), dynamo keeps
     # references to the group, destroy_process_group cannot free it, and gloo's threads then outlive
     # main() and can abort the process as Python shuts down

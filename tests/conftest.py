@@ -6,6 +6,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -100,6 +101,19 @@ def run_cli(script, args, cwd, edits=None, timeout=600):
     edits = tiny_hyp(script) if edits is None else edits
     return subprocess.run(cli_command(script, args, edits), cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# How far a forecast may be from the measured time of the whole command, either way, on the small data (1.1x to
+# 1.3x over, measured): its one epoch of a few steps also pays the first call of every kernel, so it runs high
+FORECAST_FACTOR = 2
+
+
+def forecast_seconds(stdout):
+    """The whole command's time in seconds that the forecast line of `stdout` gives; asserts there is exactly one."""
+    found = re.findall(r'^expected: the whole command takes about ([\d.e+]+) (s|min|h|days), ', stdout, re.M)
+    assert len(found) == 1, found
+    value, unit = found[0]
+    return float(value) * {'s': 1, 'min': 60, 'h': 3600, 'days': 86400}[unit]
 
 
 def allow_ctrl_c():

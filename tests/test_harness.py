@@ -6,12 +6,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 import harness
-from conftest import ROOT, allow_ctrl_c, diverging_edits, load_script, tiny_hyp
+from conftest import (FORECAST_FACTOR, ROOT, allow_ctrl_c, diverging_edits, forecast_seconds, load_script,
+                      tiny_hyp)
 from support import cifar_files
 
 HARNESS = os.path.join(ROOT, 'harness.py')
@@ -112,10 +114,22 @@ def two_runs(tmp_path_factory, cifar_source):
     """One invocation: runs 1 and 2 from seed 5, logits saved."""
     tmp = tmp_path_factory.mktemp('two_runs')
     data_dir = private_data(cifar_source, tmp)
+    start = time.perf_counter()
     result = run_harness('airbench94.py', ['--data-dir', data_dir, '--runs', '2', '--seed', '5', '--no-warmup',
                                            '--save-logits', 'logits'], tmp)
+    result.seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     return tmp, data_dir, result
+
+
+def test_the_forecast_comes_once_after_the_first_epoch(two_runs):
+    # As the scripts' own command lines say it (tests/test_main.py), from the script's Forecast
+    _, _, result = two_runs
+    lines = result.stdout.splitlines()
+    forecast = next(i for i, line in enumerate(lines) if line.startswith('expected: '))
+    assert lines[forecast - 1] == table_rows(result.stdout, 1)[0]
+    assert lines[forecast].endswith('; on a CPU, --runs 1 --no-warmup trains one network')
+    assert 1 / FORECAST_FACTOR < forecast_seconds(result.stdout) / result.seconds < FORECAST_FACTOR
 
 
 def test_runs_print_a_row_per_epoch_and_a_summary(two_runs):
@@ -281,6 +295,7 @@ def test_torchrun_runs_equal_single_process_runs_to_the_bit(torchrun_and_single)
         line = 'run %d (seed %d, rank %d, cpu): tta_val_acc %.4f, ' % (i + 1, i + 5, i % 2, r['tta_val_acc'])
         assert line in result.stdout
     assert result.stdout.count('runs: 3 finished, 0 failed') == 1  # the summary, once, from rank 0
+    forecast_seconds(result.stdout)  # and the forecast, once, from rank 0
 
 
 def test_set_changes_the_training_last_edit_winning(torchrun_and_single):

@@ -10,12 +10,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from conftest import (ROOT, SCRIPTS, allow_ctrl_c, cli_command, compiles, diverging_edits, edit_hyp, file_snapshot,
-                      fresh_script, load_script, run_cli, tiny_hyp)
+from conftest import (FORECAST_FACTOR, ROOT, SCRIPTS, allow_ctrl_c, cli_command, compiles, diverging_edits, edit_hyp,
+                      file_snapshot, forecast_seconds, fresh_script, load_script, run_cli, tiny_hyp)
 from support import cifar_files
 
 SHAPES = ['airbench94.py', 'airbench94_compiled.py']  # one script of each shape of main()
@@ -36,8 +37,22 @@ def folder_run(request, tmp_path_factory):
     """One CLI invocation per shape on the folder format: warm-up, then 2 runs from seed 5."""
     tmp = tmp_path_factory.mktemp('cli')
     cifar_files.write_batches(str(tmp / 'cifar10'))
+    start = time.perf_counter()
     result = run_cli(request.param, ['--data-dir', 'cifar10', '--runs', '2', '--seed', '5'], cwd=str(tmp))
+    result.seconds = time.perf_counter() - start
     return request.param, tmp, result
+
+
+def test_cli_forecasts_the_whole_commands_time_once_after_the_first_epoch_free_of_compilation(folder_run):
+    script, _, result = folder_run
+    lines = result.stdout.splitlines()
+    forecast = next(i for i, line in enumerate(lines) if line.startswith('expected: '))
+    # Right after the warm-up's first epoch; where that epoch compiled, after its second
+    assert lines[forecast - 1] == table_rows(result.stdout, 'warmup')[1 if compiles(script) else 0]
+    assert 1 / FORECAST_FACTOR < forecast_seconds(result.stdout) / result.seconds < FORECAST_FACTOR
+    shorter = 'python harness.py %s --eager --no-warmup --runs 1' % script if compiles(script) else \
+        '--runs 1 --no-warmup'
+    assert lines[forecast].endswith(' per pass over the test set); on a CPU, %s trains one network' % shorter)
 
 
 def test_cli_prints_a_row_per_epoch_and_a_summary(folder_run):

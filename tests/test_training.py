@@ -1,5 +1,6 @@
 """train() through the import API: learns, is reproducible, reports divergence, takes subsets."""
 import math
+import time
 
 import pytest
 import torch
@@ -13,10 +14,21 @@ def tiny_hyp(module):
     return edited_hyp(module)
 
 
-def test_train_learns_and_is_reproducible_from_its_seed(module, tiny_hyp, cifar_source):
+def test_train_learns_is_reproducible_and_reports_each_epoch_outside_its_clock(module, tiny_hyp, cifar_source):
     train_loader, test_loader = make_loaders(module, tiny_hyp, cifar_source)
-    first = module.train(tiny_hyp, train_loader, test_loader, seed=3, verbose=False)
+    calls = []
+
+    def on_epoch(row, step, total_steps):  # slow: inside the clock, it would show in the next epoch's time
+        entered = time.perf_counter()
+        time.sleep(0.75)
+        calls.append((row, step, total_steps, entered, time.perf_counter()))
+    first = module.train(tiny_hyp, train_loader, test_loader, seed=3, verbose=False, on_epoch=on_epoch)
     second = module.train(tiny_hyp, train_loader, test_loader, seed=3, verbose=False)
+    # As the run's clock starts, then after each epoch: 10 steps per epoch, 25 in all (the last epoch cut short)
+    assert [(row, step, total) for row, step, total, _, _ in calls] == [(None, 0, 25)] + list(
+        zip(first['epochs'], [10, 20, 25], [25] * 3))
+    for (before, _, _, _, left), (after, _, _, entered, _) in zip(calls, calls[1:]):
+        assert after['time_seconds'] - (before['time_seconds'] if before else 0) < entered - left
     assert first['tta_val_acc'] > 0.5  # 10 classes: chance is 0.1
     untimed = [[{k: v for k, v in row.items() if k != 'time_seconds'} for row in r['epochs']] for r in (first, second)]
     assert first['tta_val_acc'] == second['tta_val_acc'] and untimed[0] == untimed[1]
