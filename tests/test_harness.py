@@ -1,4 +1,6 @@
 """harness.py through its real command line, each mechanism once, on the CPU with small data."""
+import argparse
+import hashlib
 import json
 import os
 import re
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 import harness
-from conftest import ROOT, allow_ctrl_c, diverging_edits, load_script, tiny_hyp
+from conftest import ROOT, allow_ctrl_c, diverging_edits, edit_hyp, load_script, make_loaders, tiny_hyp
 
 HARNESS = os.path.join(ROOT, 'harness.py')
 
@@ -162,7 +164,9 @@ def test_the_log_records_the_runs_edits_and_source(two_runs):
 def test_saved_logits_give_each_runs_accuracy(two_runs):
     tmp, data_dir, _ = two_runs
     assert sorted(os.listdir(tmp / 'logits')) == ['run00001-seed5.pt', 'run00002-seed6.pt']  # no temporary left
-    labels = load_script('airbench94.py').CifarLoader(data_dir, train=False, device='cpu').labels
+    module = load_script('airbench94.py')
+    labels = module.CifarLoader(data_dir, train=False, device='cpu').labels
+    test_images_sha256 = hashlib.sha256(module.load_cifar10(data_dir)['test_images'].numpy().tobytes()).hexdigest()
     runs = only_log(tmp / 'logs')['runs']
     for run in runs:
         saved = torch.load(tmp / 'logits' / ('run%05d-seed%d.pt' % (run['run'], run['seed'])), weights_only=True)
@@ -170,6 +174,47 @@ def test_saved_logits_give_each_runs_accuracy(two_runs):
         assert saved['logits'].shape == (500, 10) and saved['logits'].dtype == torch.float32
         assert saved['labels'].dtype == torch.int64 and torch.equal(saved['labels'], labels)
         assert (saved['logits'].argmax(1) == labels).float().mean().item() == run['tta_val_acc']
+        # the same net without TTA: graded, the last epoch's plain accuracy; and the test set's fingerprint
+        assert saved['logits_no_tta'].shape == (500, 10) and saved['logits_no_tta'].dtype == torch.float32
+        assert not torch.equal(saved['logits_no_tta'], saved['logits']) and saved['tta_level'] == 2
+        assert (saved['logits_no_tta'].argmax(1) == labels).float().mean().item() == saved['no_tta_val_acc'] \
+            == run['val_acc']
+        assert saved['test_images_sha256'] == test_images_sha256
+
+
+def test_saved_logits_without_tta_are_the_returned_nets_plain_logits(cifar_source, tmp_path):
+    module = harness.load_script(os.path.join(ROOT, 'airbench94.py'))  # this test's own instance, hyp and train
+    edit_hyp(module.hyp, one_epoch('airbench94.py', tta_level=2))
+    train_loader, test_loader = make_loaders(module, module.hyp, cifar_source)
+    returned, train = [], module.train
+
+    def train_and_keep(*args, **kwargs):  # what one_run got, the trained net included
+        returned.append(train(*args, **kwargs))
+        return returned[-1]
+    module.train = train_and_keep
+    args = argparse.Namespace(module=module, seed=3, save_logits=str(tmp_path))
+    entry = harness.one_run(args, train_loader, test_loader, 0, 0, torch.device('cpu'))
+    saved = torch.load(tmp_path / 'run00001-seed3.pt', weights_only=True)
+    assert torch.equal(saved['logits_no_tta'], module.infer(returned[0]['net'], test_loader, 0))
+    assert torch.equal(saved['logits'], returned[0]['logits']) and saved['no_tta_val_acc'] == entry['val_acc']
+
+
+def test_the_image_fingerprint_is_that_of_the_uint8_test_images_in_float32_and_fp16(cifar_source):
+    module = load_script('airbench94.py')
+    digests = {harness.images_sha256(module.CifarLoader(cifar_source, train=False, device='cpu', policy=policy))
+               for policy in (module.precision_policy('cpu'), module.precision_policy('cuda'))}
+    assert digests == {hashlib.sha256(module.load_cifar10(cifar_source)['test_images'].numpy().tobytes()).hexdigest()}
+
+
+def test_the_variance_study_reads_the_saved_logits(two_runs):
+    tmp, _, _ = two_runs
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.variance', str(tmp / 'logits'), '--json'], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    study, runs = json.loads(result.stdout), only_log(tmp / 'logs')['runs']
+    assert (study['runs'], study['images'], study['tta_level'], study['test_images_checked']) == (2, 500, 2, True)
+    for kind, key in [('tta', 'tta_val_acc'), ('no_tta', 'val_acc')]:
+        assert study[kind]['accuracy_mean'] == pytest.approx(sum(r[key] for r in runs) / 2)
 
 #############################################
 #        A compiled script, once            #
