@@ -12,7 +12,7 @@ Run i (counting from 0) uses seed S+i on rank i mod WORLD_SIZE, so the set of re
 depend on the number of processes. One JSON log per invocation, written by rank 0.
 """
 import argparse, contextlib, copy, datetime, importlib.util, json, math, os, platform, random, re  # noqa: E401
-import signal, statistics, sys, tempfile, time  # noqa: E401
+import functools, hashlib, signal, statistics, sys, tempfile, time  # noqa: E401
 
 import torch
 
@@ -174,8 +174,9 @@ def parse_args(argv):
     parser.add_argument('--set', dest='sets', metavar='PATH=VALUE', type=parse_set, action='append', default=[],
                         help="set hyp's dotted PATH to a JSON VALUE before anything runs, e.g. opt.train_epochs=2.5 "
                         "(repeatable, applied in order; PATH must already be in hyp)")
-    parser.add_argument('--save-logits', metavar='DIR', help="save each run's final TTA logits (float32, test-set "
-                        "order) and the test labels as DIR/runNNNNN-seedS.pt")
+    parser.add_argument('--save-logits', metavar='DIR', help="save each run's test logits (float32, test-set order) "
+                        "with and without TTA, the test labels and a SHA-256 of the test images as "
+                        "DIR/runNNNNN-seedS.pt, for python -m benchmarks.variance DIR")
     parser.add_argument('--graded-split', action='store_true', help='also grade each run on test images %d on '
                         '(2000-9999 of CIFAR-10), as the 2026 record holders grade, and test that mean against the '
                         'target; the log records it' % GRADED_FROM)
@@ -264,25 +265,44 @@ def load_data(module, data_dir, device, rank, local_rank, world_size):
     return loaders, None
 
 
-def one_run(args, train_loader, test_loader, i, rank, device, on_epoch):
+def one_run(args, train_loader, test_loader, i, rank, device, on_epoch=None):
     """Run i (counting from 0) as its log entry; a diverged run is reported and logged, not raised."""
     module, run, seed, where = args.module, i + 1, args.seed + i, dict(rank=rank, device=str(device))
     try:
-        result = module.train(module.hyp, train_loader, test_loader, seed=seed, run=run, verbose=rank == 0, **on_epoch)
+        result = module.train(module.hyp, train_loader, test_loader, seed=seed, run=run, verbose=rank == 0,
+                              **dict(on_epoch=on_epoch) if on_epoch else {})
     except module.TrainingDiverged as e:
         print('%s: run %d (seed %d) failed: %s' % (PROG, run, seed, e), file=sys.stderr)
         return dict(run=run, seed=seed, status='diverged', error=str(e), **where)
-    if args.save_logits:  # float32 on the CPU: loads anywhere, and fp16 converts to it exactly
-        record = dict(logits=result['logits'].float().cpu(), labels=test_loader.labels.cpu(), run=run, seed=seed,
-                      tta_val_acc=result['tta_val_acc'])
-        atomic_write(os.path.join(args.save_logits, 'run%05d-seed%d.pt' % (run, seed)),
-                     lambda f: torch.save(record, f))
+    if args.save_logits:
+        save_logits(args.save_logits, module, result, test_loader, run, seed)
     entry = dict(run=run, seed=seed, status='ok', tta_val_acc=result['tta_val_acc'], val_acc=result['val_acc'],
                  time_seconds=result['time_seconds'], train_seconds=result['train_seconds'], **where)
     if args.graded_split:
         graded = result['logits'][GRADED_FROM:].argmax(1) == test_loader.labels[GRADED_FROM:]
         entry['graded_tta_val_acc'] = graded.float().mean().item()
     return entry
+
+
+def save_logits(folder, module, result, test_loader, run, seed):
+    """DIR/runNNNNN-seedS.pt: the run's final TTA logits and, from the same trained net outside the timed span, its
+    logits without TTA (level 0), float32 on the CPU (loads anywhere; fp16 converts to it exactly), with the labels
+    and a fingerprint of the test images, so that an analysis can check that every run saw the same test set."""
+    logits_no_tta = module.infer(result['net'], test_loader, 0).float().cpu()
+    labels = test_loader.labels.cpu()
+    record = dict(logits=result['logits'].float().cpu(), labels=labels, run=run, seed=seed,
+                  tta_val_acc=result['tta_val_acc'], tta_level=module.hyp['net']['tta_level'],
+                  logits_no_tta=logits_no_tta, no_tta_val_acc=(logits_no_tta.argmax(1) == labels).float().mean().item(),
+                  test_images_sha256=images_sha256(test_loader))
+    atomic_write(os.path.join(folder, 'run%05d-seed%d.pt' % (run, seed)), lambda f: torch.save(record, f))
+
+
+@functools.lru_cache(maxsize=1)  # once per process: the harness has one test loader
+def images_sha256(loader):
+    """SHA-256 of the loader's images as the uint8 N,3,32,32 bytes they were read from (x * 255, rounded: exact in
+    fp16 too), so the same test set gives the same digest on every device and precision."""
+    images = (loader.images.float() * 255).round().to(torch.uint8).cpu().contiguous()
+    return hashlib.sha256(images.numpy().tobytes()).hexdigest()
 
 
 def stop_once(signum, frame):
@@ -318,12 +338,12 @@ def run_all(args, device, rank, local_rank, world_size):
     say('runs: %d, run i uses seed %d+i, device %s%s' % (args.runs, args.seed, device, ', %d processes (run i on '
         'rank i mod %d)' % (world_size, world_size) if world_size > 1 else ''))
     say(module.format_row({c: c for c in module.LOG_COLUMNS}))
-    on_epoch = {}  # the script's forecast of the command's time, if it has one; rank 0 has the most runs
+    on_epoch = None  # the script's forecast of the command's time, if it has one; rank 0 has the most runs
     if rank == 0 and hasattr(module, 'Forecast'):
         shorter = None if args.runs == 1 and args.no_warmup else '--eager --no-warmup --runs 1' if mode else \
             '--runs 1 --no-warmup'
         phases = len(range(0, args.runs, world_size)) + (not args.no_warmup)
-        on_epoch = dict(on_epoch=module.Forecast(module.hyp, train_loader, phases, shorter, args.start).on_epoch)
+        on_epoch = module.Forecast(module.hyp, train_loader, phases, shorter, args.start).on_epoch
 
     runs, interrupted, warmup_seconds, graphs_before, new_graphs = [], False, None, None, None
     ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not if started with it ignored
@@ -332,7 +352,7 @@ def run_all(args, device, rank, local_rank, world_size):
     try:
         if not args.no_warmup:  # untimed, on random labels: warms up cuDNN, and compiles where the script does
             warmup_seconds = module.warm_up(module.hyp, train_loader, test_loader, args.seed, verbose=rank == 0,
-                                            **on_epoch)
+                                            **dict(on_epoch=on_epoch) if on_epoch else {})
             say('warm-up: %.1f s, untimed%s' % (warmup_seconds, ', including compilation' if mode else ''))
         graphs_before = graphs_compiled()
         for i in range(rank, args.runs, world_size):

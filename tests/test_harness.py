@@ -1,4 +1,6 @@
 """harness.py through its real command line, each mechanism once, on the CPU with small data."""
+import argparse
+import hashlib
 import json
 import os
 import re
@@ -12,8 +14,8 @@ import pytest
 import torch
 
 import harness
-from conftest import (FORECAST_FACTOR, ROOT, allow_ctrl_c, diverging_edits, forecast_seconds, load_script,
-                      tiny_hyp)
+from conftest import (FORECAST_FACTOR, ROOT, allow_ctrl_c, diverging_edits, edit_hyp, forecast_seconds,
+                      load_script, make_loaders, tiny_hyp)
 from support import cifar_files
 
 HARNESS = os.path.join(ROOT, 'harness.py')
@@ -138,7 +140,7 @@ def test_runs_print_a_row_per_epoch_and_a_summary(two_runs):
     assert 'note: CPU run in float32' in out and 'runs: 2, run i uses seed 5+i, device cpu\n' in out
     assert 'data: 1280 train / 500 test images from' in out
     assert '|    run |  epoch | train_loss | train_acc | val_acc | tta_val_acc | time_seconds |' in out
-    assert 'warm' not in out  # --no-warmup
+    assert 'warm-up:' not in out and not table_rows(out, 'warmup')  # --no-warmup
     for run in (1, 2):
         assert [r.split('|')[2].strip() for r in table_rows(out, run)] == ['1', '2', '3', 'eval']  # ceil(2.5), TTA
     assert 'runs: 2 finished, 0 failed\n' in out
@@ -177,7 +179,9 @@ def test_the_log_records_the_runs_edits_and_source(two_runs):
 def test_saved_logits_give_each_runs_accuracy(two_runs):
     tmp, data_dir, _ = two_runs
     assert sorted(os.listdir(tmp / 'logits')) == ['run00001-seed5.pt', 'run00002-seed6.pt']  # no temporary left
-    labels = load_script('airbench94.py').CifarLoader(data_dir, train=False, device='cpu').labels
+    module = load_script('airbench94.py')
+    labels = module.CifarLoader(data_dir, train=False, device='cpu').labels
+    test_images_sha256 = hashlib.sha256(module.load_cifar10(data_dir)['test_images'].numpy().tobytes()).hexdigest()
     runs = only_log(tmp / 'logs')['runs']
     for run in runs:
         saved = torch.load(tmp / 'logits' / ('run%05d-seed%d.pt' % (run['run'], run['seed'])), weights_only=True)
@@ -185,6 +189,47 @@ def test_saved_logits_give_each_runs_accuracy(two_runs):
         assert saved['logits'].shape == (500, 10) and saved['logits'].dtype == torch.float32
         assert saved['labels'].dtype == torch.int64 and torch.equal(saved['labels'], labels)
         assert (saved['logits'].argmax(1) == labels).float().mean().item() == run['tta_val_acc']
+        # the same net without TTA: graded, the last epoch's plain accuracy; and the test set's fingerprint
+        assert saved['logits_no_tta'].shape == (500, 10) and saved['logits_no_tta'].dtype == torch.float32
+        assert not torch.equal(saved['logits_no_tta'], saved['logits']) and saved['tta_level'] == 2
+        assert (saved['logits_no_tta'].argmax(1) == labels).float().mean().item() == saved['no_tta_val_acc'] \
+            == run['val_acc']
+        assert saved['test_images_sha256'] == test_images_sha256
+
+
+def test_saved_logits_without_tta_are_the_returned_nets_plain_logits(cifar_source, tmp_path):
+    module = harness.load_script(os.path.join(ROOT, 'airbench94.py'))  # this test's own instance, hyp and train
+    edit_hyp(module.hyp, one_epoch('airbench94.py', tta_level=2))
+    train_loader, test_loader = make_loaders(module, module.hyp, cifar_source)
+    returned, train = [], module.train
+
+    def train_and_keep(*args, **kwargs):  # what one_run got, the trained net included
+        returned.append(train(*args, **kwargs))
+        return returned[-1]
+    module.train = train_and_keep
+    args = argparse.Namespace(module=module, seed=3, save_logits=str(tmp_path), graded_split=False)
+    entry = harness.one_run(args, train_loader, test_loader, 0, 0, torch.device('cpu'))
+    saved = torch.load(tmp_path / 'run00001-seed3.pt', weights_only=True)
+    assert torch.equal(saved['logits_no_tta'], module.infer(returned[0]['net'], test_loader, 0))
+    assert torch.equal(saved['logits'], returned[0]['logits']) and saved['no_tta_val_acc'] == entry['val_acc']
+
+
+def test_the_image_fingerprint_is_that_of_the_uint8_test_images_in_float32_and_fp16(cifar_source):
+    module = load_script('airbench94.py')
+    digests = {harness.images_sha256(module.CifarLoader(cifar_source, train=False, device='cpu', policy=policy))
+               for policy in (module.precision_policy('cpu'), module.precision_policy('cuda'))}
+    assert digests == {hashlib.sha256(module.load_cifar10(cifar_source)['test_images'].numpy().tobytes()).hexdigest()}
+
+
+def test_the_variance_study_reads_the_saved_logits(two_runs):
+    tmp, _, _ = two_runs
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.variance', str(tmp / 'logits'), '--json'], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    study, runs = json.loads(result.stdout), only_log(tmp / 'logs')['runs']
+    assert (study['runs'], study['images'], study['tta_level'], study['test_images_checked']) == (2, 500, 2, True)
+    for kind, key in [('tta', 'tta_val_acc'), ('no_tta', 'val_acc')]:
+        assert study[kind]['accuracy_mean'] == pytest.approx(sum(r[key] for r in runs) / 2)
 
 #############################################
 #        A compiled script, once            #
@@ -225,7 +270,7 @@ def test_eager_runs_a_compiled_script_with_a_preset_and_grades_as_the_records_do
                                   '--preset', 'E1', '--graded-split', '--save-logits', 'logits'],
                          tmp_path, edits=tiny_hyp(script) + [['aug.resolutions', [24, 28, 32]]])
     assert result.returncode == 0, result.stderr
-    assert "note: --eager: the script's compiled code runs eagerly" in result.stdout and 'warm' not in result.stdout
+    assert "note: --eager: the script's compiled code runs eagerly" in result.stdout and 'warm-up:' not in result.stdout
     assert [r.split('|')[2].strip() for r in table_rows(result.stdout, 1)] == ['1', '2', '3', 'eval']
     assert 'graphs compiled' not in result.stdout
     log = json.load(open(tmp_path / 'logs' / os.listdir(tmp_path / 'logs')[0]))
