@@ -79,10 +79,11 @@ def loader_source(cls):
         return None
 
 
-def check_widths(widths, default):
+def check_widths(name, widths, default):
     if not (isinstance(widths, dict) and set(widths) == set(default)
             and all(isinstance(w, int) and w > 0 for w in widths.values())):
-        raise ValueError('widths must be a dict of positive channel counts like %r, not %r' % (default, widths))
+        raise ValueError('%s: widths must be a dict of positive channel counts like %r, not %r'
+                         % (name, default, widths))
     return dict(widths)
 
 
@@ -120,7 +121,7 @@ class Member:
         epochs = hyp['opt']['train_epochs']
         if isinstance(epochs, bool) or not isinstance(epochs, numbers.Real) or not epochs > 0:
             raise ValueError('%s: epochs must be a positive number, not %r' % (name, epochs))
-        hyp['net']['widths'] = check_widths(hyp['net']['widths'], self.module.hyp['net']['widths'])
+        hyp['net']['widths'] = check_widths(name, hyp['net']['widths'], self.module.hyp['net']['widths'])
         if given.get('make_net', self.make_net) is not self.make_net:
             raise TypeError("%s: make_net: this package trains the script's own network, built from its hyp; pass "
                             'widths=%r for other widths, or call the script (%s.train) for another network'
@@ -193,7 +194,7 @@ class Member:
         def make_net(widths=None, batchnorm_momentum=None, device=None):
             hyp = copy.deepcopy(self.module.hyp)
             if widths is not None:
-                hyp['net']['widths'] = check_widths(widths, hyp['net']['widths'])
+                hyp['net']['widths'] = check_widths('airbench.make_net' + self.suffix, widths, hyp['net']['widths'])
             if batchnorm_momentum is not None:  # 0.1.8 counts the share of the running statistics that stays
                 hyp['net']['batchnorm_momentum'] = 1 - batchnorm_momentum
             return self.module.make_net(hyp, device or ('cuda' if torch.cuda.is_available() else 'cpu'))
