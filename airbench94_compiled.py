@@ -102,7 +102,7 @@ class CifarLoader:
 
     def __init__(self, data_dir, train=True, batch_size=1024, aug=None, drop_last=None, shuffle=None, device=None,
                  policy=None):
-        data = load_cifar10(data_dir)
+        data, self.data_dir = load_cifar10(data_dir), data_dir  # data_dir: for a test split from the same folder
         split = 'train' if train else 'test'
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.policy = policy or precision_policy(self.device)

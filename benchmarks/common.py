@@ -1,4 +1,4 @@
-"""What the benchmarks share: real images on disk, the harness that runs the scripts, the machine, RESULTS.md.
+"""What the benchmarks share: the data, the harness that runs the scripts, the machine, RESULTS.md.
 
 Every benchmark runs from the repository root as `python -m benchmarks.NAME`. A script's timed runs go
 through harness.py (`python harness.py SCRIPT ... --set PATH=VALUE`), which edits hyp and writes one
@@ -16,24 +16,63 @@ import sys
 import tempfile
 import time
 
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
+
 import torch
 
 import harness
+from support import cifar_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 RESULTS = os.path.join(ROOT, 'benchmarks', 'RESULTS.md')
 
 HARNESS = os.path.join(ROOT, 'harness.py')  # runs any script's timed runs, with --set hyp edits
+CIFAR10_DIR = os.path.join(ROOT, 'cifar10')  # CIFAR-10 as the scripts read it, downloaded there if absent
+REAL_IMAGES_DIR = '/tmp/cifar10-jpeg'  # where --shared-data's images are written
 
 
-def write_real_images(data_dir, limit_train=None, limit_test=None, shared_data=SHARED_DATA):
-    """The shared JPEG-re-encoded CIFAR-10 (cifar10-jpeg.tar.gz and make_cifar10_batches.py in
-    `shared_data`) in the official on-disk format, written once."""
-    if not os.path.isdir(os.path.join(data_dir, 'cifar-10-batches-py')):
-        limits = [] if limit_train is None else ['--limit-train', str(limit_train), '--limit-test', str(limit_test)]
-        subprocess.run([sys.executable, os.path.join(shared_data, 'make_cifar10_batches.py'), data_dir] + limits,
+def add_data_flags(parser):
+    """--shared-data and --data-dir: CIFAR-10 by default, the project's real-image archive only when passed."""
+    parser.add_argument('--shared-data', metavar='DIR', help="the project's real-image archive: a folder with "
+                        'cifar10-jpeg.tar.gz and make_cifar10_batches.py, whose images (CIFAR-10 re-encoded as JPEG: '
+                        'about 3 points below the published accuracies) are written to --data-dir once')
+    parser.add_argument('--data-dir', metavar='DIR', help='CIFAR-10 in the official format, or where the scripts '
+                        'download it (default: %s); with --shared-data, where its images are written (default: %s)'
+                        % (CIFAR10_DIR, REAL_IMAGES_DIR))
+
+
+def check_data_flags(parser, args):
+    """args.data_dir made absolute (its default filled in); a parser error if --shared-data holds no archive."""
+    if args.shared_data and not os.path.isfile(os.path.join(args.shared_data, 'cifar10-jpeg.tar.gz')):
+        parser.error('no cifar10-jpeg.tar.gz in %s: pass --shared-data DIR (the folder of the real-image archive), '
+                     'or leave it out for CIFAR-10 in --data-dir' % args.shared_data)
+    args.data_dir = os.path.abspath(args.data_dir or (REAL_IMAGES_DIR if args.shared_data else CIFAR10_DIR))
+
+
+def prepare_data(args):
+    """How an entry names the data in args.data_dir, once the archive's images are written there (--shared-data)."""
+    if not args.shared_data:
+        return 'CIFAR-10 in %s' % args.data_dir
+    if not os.path.isdir(os.path.join(args.data_dir, 'cifar-10-batches-py')):
+        subprocess.run([sys.executable, os.path.join(args.shared_data, 'make_cifar10_batches.py'), args.data_dir],
                        check=True)
+    return ("the project's real images (CIFAR-10 re-encoded as JPEG, about 3 points below the published accuracies) "
+            'in the official format in %s' % args.data_dir)
+
+
+def first_images(data_dir, n_train, n_test):
+    """A folder inside data_dir with its first n_train training and n_test test images in the official format,
+    written once (the official batches, and the archive's, are in random order: a fair sample)."""
+    out_dir = os.path.join(data_dir, 'first-%d-%d' % (n_train, n_test))
+    if not os.path.isdir(os.path.join(out_dir, 'cifar-10-batches-py')):
+        data = load_script('airbench94.py').load_cifar10(data_dir)
+        cifar_files.write_images(out_dir, *[(data[split + '_images'][:n].permute(0, 2, 3, 1).numpy(),
+                                             data[split + '_labels'][:n].numpy())
+                                            for split, n in (('train', n_train), ('test', n_test))])
+    return out_dir
 
 
 def load_script(script, settings=()):

@@ -1,6 +1,7 @@
-"""airbench96_faster.py on the real images: accuracy, where the time goes, and what the filter keeps.
+"""airbench96_faster.py on real images: accuracy, where the time goes, and what the filter keeps.
 
-Writes the shared JPEG-re-encoded CIFAR-10 in the official on-disk format (once), compiles both
+On CIFAR-10 (in cifar10/ at the repository root, downloaded there if absent) or, with --shared-data
+DIR, the project's JPEG-re-encoded copy (written in the official on-disk format once), compiles both
 networks in an untimed warm-up of 2 steps (the harness's warm-up would repeat the whole run,
 which on a CPU costs as much as the run itself), then calls train() once in this process and appends to
 benchmarks/RESULTS.md:
@@ -35,10 +36,15 @@ import os
 import sys
 import time
 
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
+
 import torch
 
-from benchmarks.common import (RESULTS, ROOT, append_result, load_script, machine_description, parse_setting,
-                               settings_flags, settings_text, write_real_images)
+from benchmarks.common import (RESULTS, ROOT, add_data_flags, append_result, check_data_flags, load_script,
+                               machine_description, parse_setting, prepare_data, settings_flags, settings_text)
 
 SCRIPT = 'airbench96_faster.py'
 PARTS = ['whitening', 'stream', 'proxy', 'main', 'tta']  # the timed span, in the order of a run
@@ -161,15 +167,16 @@ def main():
     parser = argparse.ArgumentParser(prog='python -m benchmarks.faster_real_images',
                                      description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg', help='where the official-format files are written')
+    add_data_flags(parser)
     parser.add_argument('--set', type=parse_setting, action='append', default=[], metavar='PATH=JSON',
                         help='edit hyp before training, e.g. opt.train_epochs=10')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--probe-every', type=int, default=16, help="steps between the main network's probes")
     parser.add_argument('--results', default=RESULTS, help='the file the entry is appended to')
     args = parser.parse_args()
+    check_data_flags(parser, args)
 
-    write_real_images(args.data_dir)
+    args.data = prepare_data(args)
     module = load_script(SCRIPT, args.set)
     hyp, device = module.hyp, torch.device(args.device)
     train_loader = module.CifarLoader(args.data_dir, train=True, batch_size=hyp['opt']['batch_size'], aug=hyp['aug'],
@@ -234,7 +241,7 @@ def record(args, module, result, timeline, probe, warmup_seconds, graphs_compile
         '- command: `python -m benchmarks.faster_real_images --device %s --seed %d --probe-every %d%s`' % (
             args.device, args.seed, args.probe_every,
             settings_flags(args.set)),
-        '- hyp edits: %s' % (settings_text(args.set) or 'none'),
+        '- data: %s; hyp edits: %s' % (args.data, settings_text(args.set) or 'none'),
         '- machine: %s; torch %s; dtype %s; n = 1 run, seed %d' % (
             machine_description(args.device), torch.__version__, str(train_loader.images.dtype).replace('torch.', ''),
             args.seed),

@@ -8,7 +8,14 @@ test images, and, apart, the Newton-Schulz arithmetic of all its Muon steps (per
 airbench94_muon.py; one zero-padded batch of the six in airbench94_progressive.py). Then the ratios of
 airbench94_progressive.py's figures to airbench94_muon.py's. Seconds on a CPU; nothing is trained.
 """
+import os
+import sys
 import time
+
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
 
 import torch
 

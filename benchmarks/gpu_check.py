@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_check --shared-data .data --budget-seconds 540 --out "$OUT"   # benchmarks/README.md
     python -m benchmarks.gpu_check --record DIR   # then: DIR's entry into RESULTS.md, its logs into benchmarks/logs
-    python -m benchmarks.gpu_check --data-dir cifar10 --runs airbench95.py=5 --runs airbench96.py=2
+    python -m benchmarks.gpu_check --runs airbench95.py=5 --runs airbench96.py=2   # CIFAR-10 in cifar10/
     python -m benchmarks.gpu_check --device cpu --smoke --results /tmp/entry.md   # tests/test_gpu_check.py
 
 (from the repository root, as every benchmark.)
@@ -61,13 +61,19 @@ import traceback
 from unittest import mock
 from xml.etree import ElementTree
 
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
+
 import torch
 from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
 import harness
-from benchmarks.common import (ROOT, RESULTS, SHARED_DATA, append_result, compiles, load_script, machine_description,
-                               run_logged, run_until, settings_text, write_atomically, write_real_images)
+from benchmarks.common import (ROOT, RESULTS, add_data_flags, append_result, check_data_flags, compiles, load_script,
+                               machine_description, prepare_data as prepare_real_data, run_logged, run_until,
+                               settings_text, write_atomically)
 from support import cifar_files  # small learnable data in the official format
 
 # --smoke: the tests' TINY_HYP (tests/conftest.py) shortened to 2 epochs (8 steps of 128 over 640
@@ -96,7 +102,6 @@ ESTIMATE_MARGIN, COMPILE_MARGIN, PROFILED_RUN = 1.25, 2, 2
 # Other scripts, and every script under --smoke's hyp edits, are counted on the fly (timed_flops).
 SPEC_TFLOPS = {'airbench94.py': 350, 'airbench94_compiled.py': 350, 'airbench95.py': 1338, 'airbench96.py': 4895}
 
-REAL_IMAGES_DIR = '/tmp/cifar10-jpeg'  # where the shared images are written, as by benchmarks/real_images.py
 CUDA_TESTS = ['tests/test_on_gpu.py']  # stage a's pytest files, relative to the repository root
 JUNIT_OUTCOMES = {'failure': 'failed', 'error': 'errors', 'skipped': 'skipped'}
 STAGES, ENTRY = 'stages.jsonl', 'entry.md'  # what --out writes
@@ -123,13 +128,7 @@ def parse_args(argv, scripts):
     parser.add_argument('--device', choices=['cuda', 'cpu'], default='cuda', help='cpu only with --smoke')
     parser.add_argument('--smoke', action='store_true',
                         help='check the pipeline on tiny data made here: 1 run per script, tiny networks')
-    parser.add_argument('--shared-data', metavar='DIR', default=SHARED_DATA,
-                        help="the project's real-image archive: a folder with cifar10-jpeg.tar.gz and "
-                             'make_cifar10_batches.py, written in the official format to %s once '
-                             '(default: %%(default)s)' % REAL_IMAGES_DIR)
-    parser.add_argument('--data-dir', metavar='DIR',
-                        help='use the CIFAR-10 in DIR instead: cifar-10-batches-py/ or cifar-10-python.tar.gz '
-                             '(the scripts download it there if neither is present)')
+    add_data_flags(parser)
     parser.add_argument('--runs', metavar='SCRIPT=N', type=runs_setting, action='append', default=[],
                         help='timed runs of SCRIPT, repeatable; defaults: %s, any other airbench*.py %d; '
                              '--smoke: 1' % (', '.join('%s=%d' % item for item in TIMED_RUNS.items()), OTHER_RUNS))
@@ -157,10 +156,7 @@ def parse_args(argv, scripts):
         parser.error('--device cuda: no CUDA device is available (the CPU smoke test: --device cpu --smoke)')
     if args.device == 'cpu' and not args.smoke:
         parser.error('--device cpu: only with --smoke (full runs on a CPU take days, and measure nothing of a GPU)')
-    args.shared_data = os.path.abspath(args.shared_data)
-    if not (args.smoke or args.data_dir or os.path.exists(os.path.join(args.shared_data, 'cifar10-jpeg.tar.gz'))):
-        parser.error('no cifar10-jpeg.tar.gz in %s: pass --shared-data DIR (the folder of the real-image archive) '
-                     'or --data-dir DIR (CIFAR-10 in the official format, or where to download it)' % args.shared_data)
+    check_data_flags(parser, args)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     return args
@@ -179,11 +175,7 @@ def prepare_data(args, tmp):
         data_dir = os.path.join(tmp, 'cifar10')
         cifar_files.write_batches(data_dir, n_train=SMOKE_TRAIN_IMAGES, n_test=SMOKE_TEST_IMAGES)
         return data_dir, 'tiny look-alike data made by support/cifar_files.py'
-    if args.data_dir:
-        return os.path.abspath(args.data_dir), 'CIFAR-10 from --data-dir %s' % args.data_dir
-    write_real_images(REAL_IMAGES_DIR, shared_data=args.shared_data)
-    return REAL_IMAGES_DIR, ("the project's real images (CIFAR-10 re-encoded as JPEG, about 3 points below the "
-                             'published accuracies) in the official format in %s' % REAL_IMAGES_DIR)
+    return args.data_dir, prepare_real_data(args)
 
 
 def planned_runs(scripts, args):

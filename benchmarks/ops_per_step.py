@@ -15,9 +15,15 @@ import argparse
 import glob
 import math
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
+
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
 
 import torch
 

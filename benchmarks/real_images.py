@@ -1,14 +1,15 @@
-"""Fidelity benchmark: train a script on the real CIFAR-10 images of ../shared/data and record it.
+"""Fidelity benchmark: train a script on real images, CIFAR-10 or the project's JPEG copy, and record it.
 
-Writes the shared JPEG-re-encoded images in the official on-disk format (once), runs the
-script through harness.py on them in a subprocess, and appends the result (command, machine,
+Runs the script through harness.py in a subprocess on CIFAR-10 (in cifar10/ at the repository root,
+downloaded there if absent) or, with --shared-data DIR, on the project's JPEG-re-encoded images
+(written in the official on-disk format once), and appends the result (command, data, machine,
 torch version, n, per-run accuracy and time, wall time) to benchmarks/RESULTS.md.
 
-    python -m benchmarks.real_images airbench94.py --runs 2
+    python -m benchmarks.real_images airbench94.py --runs 2 --shared-data .data
     python -m benchmarks.real_images airbench96.py --runs 1 --set opt.train_epochs=4   # shortened, said in RESULTS.md
 
 (from the repository root.) --set edits the script's `hyp` before anything runs, passed on as
-harness.py's own --set, and is recorded with the result. On these images the published 94%
+harness.py's own --set, and is recorded with the result. On the JPEG images the published 94%
 method reaches about 90.8%.
 """
 import argparse
@@ -17,9 +18,14 @@ import os
 import sys
 import time
 
-from benchmarks.common import (HARNESS, ROOT, append_result, compiles, load_script, machine_description,
-                               parse_setting, run_logged, settings_flags, settings_text, shown_command,
-                               write_real_images)
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
+
+from benchmarks.common import (HARNESS, ROOT, add_data_flags, append_result, check_data_flags, compiles, load_script,
+                               machine_description, parse_setting, prepare_data, run_logged, settings_flags,
+                               settings_text, shown_command)
 
 
 def main():
@@ -27,7 +33,7 @@ def main():
     parser.add_argument('script', help='e.g. airbench94.py')
     parser.add_argument('--runs', type=int, default=2)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg', help='where the official-format files are written')
+    add_data_flags(parser)
     parser.add_argument('--set', type=parse_setting, action='append', default=[], metavar='PATH=JSON',
                         help='edit hyp before training, e.g. opt.train_epochs=4')
     parser.add_argument('--seed', type=int, default=0)
@@ -37,13 +43,14 @@ def main():
     parser.add_argument('--from-log', metavar='LOG', help='record an existing log of such a run (e.g. one stopped '
                         'with Ctrl-C after some runs) instead of training')
     args = parser.parse_args()
+    check_data_flags(parser, args)
     if args.from_log:
         with open(args.from_log) as f:
             log = json.load(f)
         record(args, log, args.from_log, logged_command(log), wall_seconds=None)
         return
 
-    write_real_images(args.data_dir)
+    args.data = prepare_data(args)
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
     cli = ['--device', args.device, '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', str(args.seed),
            '--log-dir', log_dir]
@@ -77,6 +84,7 @@ def record(args, log, log_path, command, wall_seconds):
         '- command: `python -m benchmarks.real_images %s --runs %d --device %s --seed %d%s%s` (runs `%s`)' % (
             args.script, args.runs, args.device, args.seed, settings_flags(args.set),
             ' --eager' if args.eager else '', shown_command(command)),
+        '- data: %s' % (args.data if not args.from_log else 'the log\'s, %s' % log.get('data_dir', 'n/a')),
         '- hyp edits: %s' % (settings_text(settings) or 'none (the published method)'),
         '- machine: %s; torch %s; dtype %s' % (machine_description(args.device), log['torch_version'],
                                               log.get('dtype', 'n/a')),

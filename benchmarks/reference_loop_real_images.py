@@ -11,41 +11,36 @@ benchmarks/RESULTS.md.
 """
 import argparse
 import os
-import pickle
+import sys
 import time
 
-import numpy
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
+
 import torch
 
-from benchmarks.common import append_result, load_script, machine_description, write_real_images
+from benchmarks.common import (add_data_flags, append_result, check_data_flags, load_script, machine_description,
+                               prepare_data)
 from support.reference_loop import reference_run
 
 CIFAR_MEAN = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1)
 CIFAR_STD = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
 
 
-def read_split(folder, names):
-    """Images in [0,1] (N,3,32,32 float32) and labels, read with plain pickle: these are files we wrote."""
-    images, labels = [], []
-    for name in names:
-        with open(os.path.join(folder, name), 'rb') as f:
-            batch = pickle.load(f, encoding='latin1')
-        images.append(numpy.asarray(batch['data'], dtype=numpy.uint8).reshape(-1, 3, 32, 32))
-        labels += batch['labels']
-    return torch.from_numpy(numpy.concatenate(images)).float() / 255, torch.tensor(labels)
-
-
 def main():
     parser = argparse.ArgumentParser(prog='python -m benchmarks.reference_loop_real_images',
                                      description=__doc__.splitlines()[0])
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg')
+    add_data_flags(parser)
     args = parser.parse_args()
-    write_real_images(args.data_dir)
-    folder = os.path.join(args.data_dir, 'cifar-10-batches-py')
-    train_images, train_labels = read_split(folder, ['data_batch_%d' % i for i in range(1, 6)])
-    test_images, test_labels = read_split(folder, ['test_batch'])
-    airbench94 = load_script('airbench94.py')  # for its hyp values only (tested against SPEC.md)
+    check_data_flags(parser, args)
+    data_line = prepare_data(args)
+    airbench94 = load_script('airbench94.py')  # for its hyp values (tested against SPEC.md) and its file reader
+    data = airbench94.load_cifar10(args.data_dir)
+    (train_images, train_labels), (test_images, test_labels) = [
+        (data[split + '_images'].float() / 255, data[split + '_labels']) for split in ('train', 'test')]
 
     start = time.time()
     _, logits = reference_run(airbench94.hyp, train_images, train_labels, test_images, seed=args.seed,
@@ -58,6 +53,7 @@ def main():
         '',
         '- command: `python -m benchmarks.reference_loop_real_images --seed %d` (the loop of support/reference_loop.py, '
         'airbench94.py\'s hyp, the published order of lookahead and whitening init)' % args.seed,
+        '- data: %s' % data_line,
         '- machine: %s; torch %s; dtype float32' % (machine_description('cpu'), torch.__version__),
         '- n = 1; TTA accuracy: %.2f%%' % (100 * accuracy),
         '- wall seconds (training + TTA, no progress evals): %.0f' % seconds,

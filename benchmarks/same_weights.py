@@ -17,6 +17,11 @@ import subprocess
 import sys
 import tempfile
 
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
+
 import torch
 
 from support import cifar_files

@@ -1,6 +1,7 @@
 """torchrun overhead on CPU: the same runs in 1 process of 2 threads vs 2 processes of 1 thread.
 
-Small real-image data (the shared images, first 5120 train / 1000 test) and a small network
+Small real-image data (the first 5120 train / 1000 test images of CIFAR-10, or with --shared-data
+of the project's real images) and a small network
 (widths 32/64/64, batch 256) so that the launch overhead is visible next to the training.
 Both run the script through harness.py (`python harness.py SCRIPT --set ...` and `torchrun
 --standalone --nproc_per_node=2 harness.py SCRIPT --set ...`). Appends wall times and per-run
@@ -15,9 +16,15 @@ import subprocess
 import sys
 import time
 
+if not __package__:  # run as a file, the repository's imports below would fail: say how to run it
+    print('run it from the repository root as: python -m benchmarks.%s' % os.path.basename(__file__)[:-3],
+          file=sys.stderr)
+    sys.exit(2)
+
 import torch
 
-from benchmarks.common import ROOT, append_result, machine_description, run_logged, settings_text, write_real_images
+from benchmarks.common import (ROOT, add_data_flags, append_result, check_data_flags, machine_description,
+                               prepare_data, run_logged, settings_text, first_images)
 
 HYP = [['opt.batch_size', 256], ['net.widths', {'block1': 32, 'block2': 64, 'block3': 64}]]
 
@@ -37,11 +44,13 @@ def main():
     parser = argparse.ArgumentParser(prog='python -m benchmarks.torchrun_overhead', description=__doc__.splitlines()[0])
     parser.add_argument('--script', default='airbench94.py')
     parser.add_argument('--runs', type=int, default=8)
-    parser.add_argument('--data-dir', default='/tmp/cifar10-jpeg-5k')
+    add_data_flags(parser)
     args = parser.parse_args()
-    write_real_images(args.data_dir, 5120, 1000)
+    check_data_flags(parser, args)
+    data = prepare_data(args)
+    subset = first_images(args.data_dir, 5120, 1000)
     log_dir = os.path.join(ROOT, 'benchmarks', 'logs')
-    cli = ['--device', 'cpu', '--data-dir', args.data_dir, '--runs', str(args.runs), '--seed', '0', '--log-dir', log_dir]
+    cli = ['--device', 'cpu', '--data-dir', subset, '--runs', str(args.runs), '--seed', '0', '--log-dir', log_dir]
     single = (sys.executable,)
     launched = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
     results = {}
@@ -57,7 +66,7 @@ def main():
         '',
         '- command: `python -m benchmarks.torchrun_overhead --script %s --runs %d` (both through harness.py)' % (
             args.script, args.runs),
-        '- data: the shared real images, first 5120 train / 1000 test; hyp edits: %s' % settings_text(HYP),
+        '- data: the first 5120 train / 1000 test images of %s; hyp edits: %s' % (data, settings_text(HYP)),
         '- machine: %s; torch %s; n = %d runs each, each with its warm-up' % (machine_description(), torch.__version__,
                                                                            args.runs),
         '- 1 process x 2 threads: %.1f s wall for all runs, %.2f s timed per run' % (wall1, run1),

@@ -56,13 +56,19 @@ def batch_pickle(images, labels, batch_label):
 
 def write_batches(data_dir, n_train=1280, n_test=500, seed=1, noise_std=30):
     """data_dir/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}; returns the folder."""
+    return write_images(data_dir, learnable_images(n_train, seed, noise_std),
+                        learnable_images(n_test, seed + 1, noise_std))
+
+
+def write_images(data_dir, train, test):
+    """write_batches' files of `train` and `test`, each (uint8 images N,32,32,3, labels N); returns the folder."""
     folder = os.path.join(data_dir, 'cifar-10-batches-py')
     os.makedirs(folder, exist_ok=True)
-    images, labels = learnable_images(n_train, seed, noise_std)
-    for k, index in enumerate(np.array_split(np.arange(n_train), 5)):
+    images, labels = train
+    for k, index in enumerate(np.array_split(np.arange(len(labels)), 5)):
         with open(os.path.join(folder, 'data_batch_%d' % (k + 1)), 'wb') as f:
             f.write(batch_pickle(images[index], labels[index], 'training batch %d of 5' % (k + 1)))
-    images, labels = learnable_images(n_test, seed + 1, noise_std)
+    images, labels = test
     with open(os.path.join(folder, 'test_batch'), 'wb') as f:
         f.write(batch_pickle(images, labels, 'testing batch 1 of 1'))
     with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
