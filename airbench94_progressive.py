@@ -88,7 +88,7 @@ hyp = {
         'weight_decay': 1.0418e-6,  # per example, x batch_size per step: SGD's is x the lr multiplier and goes through
                                     # momentum (added to the gradient); Muon's is x the lr, after the update (decoupled)
         'label_smoothing': 0.09,
-        'whiten_bias_epochs': 0.2,  # train the whitening bias for ceil(0.2 x 32) = 7 steps, then freeze it
+        'whiten_bias_epochs': 0.2,  # the whitening bias trains ceil(0.2 x 32) = 7 steps, its lr falling to 0
         'muon_lr': 0.205,         # Muon, for the 3x3 conv filters
         'muon_momentum': 0.655,
         'muon_nesterov': True,
@@ -332,8 +332,9 @@ class Muon(torch.optim.Optimizer):
 
     At optimizer step k (1, 2, ...), if renormalisation is due, each W is first rescaled to
     Frobenius norm sqrt(C_out); due when k - (the last such k, or 0) >= renorm_min_interval +
-    floor(renorm_interval_growth x k / decay_steps), an interval that grows from 2 steps to 17. Per filter, with gradient g: buf <- momentum * buf + g; direction
-    d = g + momentum * buf (Nesterov) or buf. All directions, as C_out x C_in*k*k matrices zero-padded
+    floor(renorm_interval_growth x k / decay_steps), an interval that grows from 2 steps to 17.
+    Per filter, with gradient g: buf <- momentum * buf + g; direction d = g + momentum * buf
+    (Nesterov) or buf. All directions, as C_out x C_in*k*k matrices zero-padded
     to the largest, go through Newton-Schulz as one batch (zero padding is inert: each result is
     its own matrix's, cropped back). Then W <- W - lr * NS(d), and W <- W * (1 - lr * weight_decay)."""
 

@@ -102,7 +102,8 @@ def format_summary(summary):
                 key, summary[key + '_mean'], one_run if std is None else '%.4f' % std,
                 one_run if ci is None else '[%.4f, %.4f]' % tuple(ci), what))
     lines.append('one-sided t-test of mean %s > %g: %s' % (summary['tested'], summary['target'], one_run
-                 if summary['p_value'] is None else 't = %.2f, p = %.4g (n = %d)' % (summary['t_statistic'], summary['p_value'], summary['ok'])))
+                 if summary['p_value'] is None else 't = %.2f, p = %.4g (n = %d)' % (
+                     summary['t_statistic'], summary['p_value'], summary['ok'])))
     lines.append('time per run: mean %.3f s (whitening init + training + final TTA, as airbench times it); mean '
                  '%.3f s without the final TTA (as the 2026 records time it)'
                  % (summary['time_seconds_mean'], summary['train_seconds_mean']))
