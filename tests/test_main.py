@@ -4,6 +4,7 @@ main() comes in two shapes, kept identical within each by tests/test_siblings.py
 (airbench94.py, airbench95.py, airbench96.py) and the compiled scripts', whose warm-up compiles and
 cannot be skipped. Each shape runs here once; torchrun, statistics and hyp edits are harness.py's
 (tests/test_harness.py)."""
+import copy
 import json
 import os
 import re
@@ -53,6 +54,56 @@ def test_cli_forecasts_the_whole_commands_time_once_after_the_first_epoch_free_o
     shorter = 'python harness.py %s --eager --no-warmup --runs 1' % script if compiles(script) else \
         '--runs 1 --no-warmup'
     assert lines[forecast].endswith(' per pass over the test set); on a CPU, %s trains one network' % shorter)
+
+
+class DeviceLoader:
+    """What Forecast reads of a training loader: its batches per epoch and its images' device."""
+
+    def __init__(self, device, batches):
+        self.images = type('Images', (), {'device': torch.device(device)})()  # a CUDA device without a GPU
+        self.batches = batches
+
+    def __len__(self):
+        return self.batches
+
+
+@pytest.mark.parametrize('device, line', [
+    # A CPU speaks after epoch 1: 1.2 s per step, (30 - 10) - 12 = 8 s of testing; a run 25 x 1.2 + 9 x 8 = 102 s
+    # (3 epochs' passes and 6 for the TTA); now 30 s, then 15 x 1.2 + 8 x 8 = 82 s of this run and 2 more runs
+    ('cpu', 'expected: the whole command takes about 5.3 min, 1.7 min per run (epoch 1: 1.2 s per training step, '
+            '8 s per pass over the test set); on a CPU, --runs 1 --no-warmup trains one network'),
+    # CUDA skips the command's first epoch (cuDNN's search): epoch 2 gives 1 s per step and 5 s per pass, so
+    # 45 + (5 x 1 + 7 x 5) + 2 x (25 x 1 + 9 x 5) = 225 s; and no CPU hint
+    ('cuda', 'expected: the whole command takes about 3.8 min, 70 s per run (epoch 2: 1 s per training step, '
+             '5 s per pass over the test set)'),
+])
+def test_the_forecast_by_hand_and_when_it_waits(device, line, monkeypatch, capsys):
+    module = load_script('airbench94.py')
+    hyp = edit_hyp(copy.deepcopy(module.hyp), [['opt.train_epochs', 2.5]])  # 25 steps of 10 per epoch, 3 epochs
+    clock, compiled = iter([10, 30, 45, 60, 61]), iter([0, 0, 0, 1, 1])
+    monkeypatch.setattr(time, 'perf_counter', lambda: next(clock))
+    monkeypatch.setattr(module.Forecast, 'graphs_compiled', staticmethod(lambda: next(compiled)))
+    forecast = module.Forecast(hyp, DeviceLoader(device, 10), 3, '--runs 1 --no-warmup', start=0)  # warm-up, 2 runs
+    forecast.on_epoch(None, 0, 25)  # at 10 s the warm-up starts its clock
+    forecast.on_epoch(dict(epoch=1, time_seconds=12.0), 10, 25)  # 30 s
+    forecast.on_epoch(dict(epoch=2, time_seconds=22.0), 20, 25)  # 45 s
+    assert capsys.readouterr().out == line + '\n'
+    forecast.on_epoch(dict(epoch=3, time_seconds=27.0), 25, 25)  # once only
+    assert capsys.readouterr().out == ''
+
+
+def test_the_forecast_waits_for_an_epoch_that_compiled_nothing(monkeypatch, capsys):
+    module = load_script('airbench94.py')
+    clock, compiled = iter([0, 20, 30, 40]), iter([0, 5, 5, 5])  # graphs compiled by then: 5 during epoch 1
+    monkeypatch.setattr(time, 'perf_counter', lambda: next(clock))
+    monkeypatch.setattr(module.Forecast, 'graphs_compiled', staticmethod(lambda: next(compiled)))
+    forecast = module.Forecast(module.hyp, DeviceLoader('cpu', 48), 1, None, start=0)
+    forecast.on_epoch(None, 0, 476)
+    forecast.on_epoch(dict(epoch=1, time_seconds=15.0), 48, 476)
+    assert capsys.readouterr().out == ''
+    forecast.on_epoch(dict(epoch=2, time_seconds=23.0), 96, 476)
+    out = capsys.readouterr().out
+    assert out.startswith('expected: ') and '(epoch 2: ' in out and 'on a CPU' not in out  # nothing shorter to say
 
 
 def test_cli_prints_a_row_per_epoch_and_a_summary(folder_run):
